@@ -1,0 +1,95 @@
+"""credits_service: the daily credits job of a MkSaaS site, as a Flask service."""
+
+import logging
+import os
+from pathlib import Path
+
+from dotenv import load_dotenv
+from flask import Flask, jsonify
+from sqlalchemy import event
+from werkzeug.exceptions import HTTPException
+
+from .config import Config
+from .extensions import db, migrate
+from .period import zone
+from .plans import load_plans
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config=None):
+    """Build the app from the environment (and ``.env``), then ``config``.
+
+    Anything that would make the job do the wrong thing (a broken plans file,
+    an unset price-id variable, an unknown time zone) stops start-up here
+    with a message that says what to fix, instead of failing at 3 am.
+    """
+    load_dotenv()
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(Config(app.instance_path))
+    if config:
+        app.config.from_mapping(config)
+    app.json.sort_keys = False
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    zone(app.config["CREDITS_TIMEZONE"])
+    app.extensions["credits_plans"] = load_plans(app.config["CREDITS_PLANS_FILE"])
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    if not (app.config["CRON_JOBS_USERNAME"] and app.config["CRON_JOBS_PASSWORD"]):
+        log.warning("CRON_JOBS_USERNAME / CRON_JOBS_PASSWORD not set: every call will be refused")
+    return app
+
+
+def register_extensions(app):
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS))
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            _serialise_sqlite_writers(db.engine)
+
+
+def _serialise_sqlite_writers(engine):
+    """Make every SQLite transaction take the write lock at BEGIN.
+
+    pysqlite's default BEGIN (deferred, and only before a write) would let a
+    batch read balances, then find another writer changed them; BEGIN
+    IMMEDIATE serialises writers up front, which is what the job needs.
+    """
+
+    @event.listens_for(engine, "connect")
+    def no_implicit_begin(dbapi_connection, _):
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA busy_timeout = 30000")
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def register_blueprints(app):
+    from . import cli, distribute_credits
+
+    app.register_blueprint(distribute_credits.bp)
+    app.register_blueprint(cli.bp)
+
+
+def register_error_handlers(app):
+    """Every answer is JSON, including the ones Flask makes on its own."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        response = jsonify(error=error.name.lower().replace(" ", "_"), message=error.description)
+        response.status_code = error.code
+        if error.code == 405:
+            response.headers["Allow"] = ", ".join(error.valid_methods or ())
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error):
+        log.exception("unexpected error")
+        return jsonify(error="internal_error", message="the request failed; see the service log"), 500

@@ -1,0 +1,33 @@
+"""Settings read from the environment (and ``.env``, loaded by ``create_app``)."""
+
+import os
+from pathlib import Path
+
+DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.toml")
+
+
+def database_uri(url):
+    """Map the URLs a MkSaaS ``.env`` holds onto the psycopg 3 driver.
+
+    MkSaaS writes ``postgresql://`` or ``postgres://``; SQLAlchemy would pick
+    psycopg2 for the first and reject the second, so both are made explicit.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Config:
+    """Defaults for every setting; ``create_app(config)`` may override any."""
+
+    def __init__(self, instance_path):
+        env = os.environ
+        default_db = f"sqlite:///{Path(instance_path) / 'credits.sqlite'}"
+        self.SQLALCHEMY_DATABASE_URI = database_uri(env.get("DATABASE_URL") or default_db)
+        self.CRON_JOBS_USERNAME = env.get("CRON_JOBS_USERNAME", "")
+        self.CRON_JOBS_PASSWORD = env.get("CRON_JOBS_PASSWORD", "")
+        self.CREDITS_PLANS_FILE = env.get("CREDITS_PLANS_FILE") or str(DEFAULT_PLANS_FILE)
+        self.CREDITS_TIMEZONE = env.get("CREDITS_TIMEZONE") or "UTC"
+        self.CREDITS_BATCH_SIZE = int(env.get("CREDITS_BATCH_SIZE") or 1000)
+        self.JSON_SORT_KEYS = False

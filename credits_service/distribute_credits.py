@@ -1,0 +1,96 @@
+"""``/api/distribute-credits``: the endpoint cron-job.org calls once a day.
+
+It parses, authenticates and hands over to ``runs.start_run``; every answer,
+errors included, is JSON. cron-job.org follows no redirects, so the path
+answers with and without a trailing slash.
+"""
+
+from flask import Blueprint, jsonify, request
+
+from .auth import basic_auth
+from .runs import DatabaseUnavailable, RunFailed, RunInProgress, find_run, start_run
+
+bp = Blueprint("distribute_credits", __name__, url_prefix="/api/distribute-credits")
+
+QUERY_PARAMETERS = {"dryRun"}
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+REQUEST_ID_LIMIT = 200
+
+
+class BadQuery(Exception):
+    """A query parameter we do not understand: better refuse than guess."""
+
+
+def parse_dry_run(args):
+    """``dryRun`` from the query string; anything unknown is refused.
+
+    A misspelt ``dryrun=true`` must not turn into a real run, so unknown or
+    repeated parameters are errors rather than ignored.
+    """
+    for name in args:
+        if name not in QUERY_PARAMETERS:
+            raise BadQuery(f"unknown query parameter {name!r} (allowed: {', '.join(sorted(QUERY_PARAMETERS))})")
+        if len(args.getlist(name)) > 1:
+            raise BadQuery(f"query parameter {name!r} given more than once")
+    value = args.get("dryRun", "false")
+    if value.lower() not in BOOLEANS:
+        raise BadQuery(f"dryRun must be true or false, got {value[:50]!r}")
+    return BOOLEANS[value.lower()]
+
+
+@bp.route("", methods=["GET", "POST"])
+@bp.route("/", methods=["GET", "POST"])
+@basic_auth.login_required
+def distribute():
+    dry_run = parse_dry_run(request.args)
+    request_id = request.headers.get("X-Request-Id", "")[:REQUEST_ID_LIMIT] or None
+    summary = start_run("http", dry_run=dry_run, request_id=request_id)
+    return jsonify(summary.as_json())
+
+
+@bp.get("/runs/latest")
+@basic_auth.login_required
+def latest_run():
+    return _run_or_404(find_run())
+
+
+@bp.get("/runs/<run_id>")
+@basic_auth.login_required
+def run(run_id):
+    return _run_or_404(find_run(run_id))
+
+
+def _run_or_404(found):
+    if found is None:
+        return jsonify(error="not_found", message="no such run"), 404
+    return jsonify(found)
+
+
+@bp.errorhandler(BadQuery)
+def bad_query(error):
+    return jsonify(error="bad_request", message=str(error)), 400
+
+
+@bp.errorhandler(RunInProgress)
+def run_in_progress(error):
+    running = error.running or {}
+    return jsonify(
+        error="run_in_progress",
+        message="another run is in progress; this call changed nothing",
+        runId=running.get("runId"),
+        startedAt=running.get("startedAt"),
+    ), 409
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def database_unavailable(error):
+    return jsonify(error="database_unavailable", message="the database cannot be reached; nothing was changed"), 503
+
+
+@bp.errorhandler(RunFailed)
+def run_failed(error):
+    return jsonify(
+        error="run_failed",
+        message="the run stopped part way; committed batches stay and the next call finishes the rest",
+        runId=error.run_id,
+    ), 500
