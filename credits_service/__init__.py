@@ -1,7 +1,6 @@
 """credits_service: the daily credits job of a MkSaaS site, as a Flask service."""
 
 import logging
-import os
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -40,7 +39,9 @@ def create_app(config=None):
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
-    if not (app.config["CRON_JOBS_USERNAME"] and app.config["CRON_JOBS_PASSWORD"]):
+    if not app.config["CRON_JOBS_USERNAME"] or not (
+        app.config["CRON_JOBS_PASSWORD"] or app.config["CRON_JOBS_PASSWORD_HASH"]
+    ):
         log.warning("CRON_JOBS_USERNAME / CRON_JOBS_PASSWORD not set: every call will be refused")
     return app
 
@@ -72,9 +73,11 @@ def _serialise_sqlite_writers(engine):
 
 
 def register_blueprints(app):
-    from . import cli, distribute_credits
+    from . import cli, distribute_credits, guard, openapi
 
     app.register_blueprint(distribute_credits.bp)
+    app.register_blueprint(openapi.bp)
+    guard.init_app(app, distribute_credits.bp)
     app.register_blueprint(cli.bp)
 
 

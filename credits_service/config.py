@@ -27,7 +27,11 @@ class Config:
         self.SQLALCHEMY_DATABASE_URI = database_uri(env.get("DATABASE_URL") or default_db)
         self.CRON_JOBS_USERNAME = env.get("CRON_JOBS_USERNAME", "")
         self.CRON_JOBS_PASSWORD = env.get("CRON_JOBS_PASSWORD", "")
+        self.CRON_JOBS_PASSWORD_HASH = env.get("CRON_JOBS_PASSWORD_HASH", "")
+        self.CRON_JOBS_ALLOWED_IPS = env.get("CRON_JOBS_ALLOWED_IPS", "")
+        self.TRUSTED_PROXY_HOPS = int(env.get("TRUSTED_PROXY_HOPS") or 0)
+        self.AUTH_FAILURE_LIMIT = env.get("CRON_JOBS_AUTH_FAILURE_LIMIT") or "10 per minute"
+        self.AUTH_FAILURE_LIMIT_ENABLED = True
         self.CREDITS_PLANS_FILE = env.get("CREDITS_PLANS_FILE") or str(DEFAULT_PLANS_FILE)
         self.CREDITS_TIMEZONE = env.get("CREDITS_TIMEZONE") or "UTC"
         self.CREDITS_BATCH_SIZE = int(env.get("CREDITS_BATCH_SIZE") or 1000)
-        self.JSON_SORT_KEYS = False

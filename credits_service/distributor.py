@@ -381,7 +381,7 @@ class _Batch:
                 ),
             )
         )
-        served = set(served.tuples())
+        served = {tuple(row) for row in served}
         wanted = []
         for user_id, decision in self.decisions.items():
             if decision.grant_type is None:
@@ -430,7 +430,7 @@ class _Batch:
                     select(balances.c.user_id, balances.c.current_credits)
                     .where(balances.c.user_id.in_(chunk))
                     .with_for_update()
-                ).tuples()
+                ).all()
             )
         delta = defaultdict(int)
         for user_id, credits in self.expired.items():

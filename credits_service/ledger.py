@@ -34,5 +34,6 @@ def find_drift(conn):
         select(remaining.c.user_id, literal(0), remaining.c.total)
         .where(remaining.c.total != 0, remaining.c.user_id.not_in(select(balances.c.user_id)))
     )
-    query = union_all(with_balance, without_balance).order_by(1)
-    yield from conn.execution_options(stream_results=True, yield_per=1000).execute(query).tuples()
+    query = union_all(with_balance, without_balance).order_by("user_id")
+    for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):
+        yield tuple(row)
