@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 
+from . import logs
 from .config import Config
 from .extensions import db, migrate
 from .period import zone
@@ -31,6 +32,7 @@ def create_app(config=None):
     if config:
         app.config.from_mapping(config)
     app.json.sort_keys = False
+    logs.init_app(app)
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
     zone(app.config["CREDITS_TIMEZONE"])
@@ -73,10 +75,12 @@ def _serialise_sqlite_writers(engine):
 
 
 def register_blueprints(app):
-    from . import cli, distribute_credits, guard, openapi
+    from . import cli, distribute_credits, guard, health, metrics, openapi
 
     app.register_blueprint(distribute_credits.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(health.bp)
+    metrics.init_app(app)
     guard.init_app(app, distribute_credits.bp)
     app.register_blueprint(cli.bp)
 

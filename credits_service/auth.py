@@ -69,7 +69,7 @@ def verify_password(username, password):
         password_ok = check_password_hash(password_hash, password or "")
     else:
         password_ok = _same(password or "", expected_password)
-    return username if user_ok and password_ok else None
+    return user_ok and password_ok
 
 
 @basic_auth.error_handler

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 import click
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from . import demo
 from .extensions import db
@@ -73,5 +73,11 @@ def verify_command():
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same population.")
 def seed_demo_command(users, seed):
     """Fill the database with a realistic demo population."""
-    counts = demo.seed(db.engine, users=users, seed=seed)
+    counts = demo.seed(
+        db.engine,
+        current_app.extensions["credits_plans"],
+        users=users,
+        seed=seed,
+        zone=current_app.config["CREDITS_TIMEZONE"],
+    )
     click.echo(json.dumps(counts))

@@ -5,7 +5,8 @@ errors included, is JSON. cron-job.org follows no redirects, so the path
 answers with and without a trailing slash.
 """
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, abort, jsonify, request
+from sqlalchemy.exc import OperationalError
 
 from .auth import basic_auth
 from .runs import DatabaseUnavailable, RunFailed, RunInProgress, find_run, start_run
@@ -15,6 +16,7 @@ bp = Blueprint("distribute_credits", __name__, url_prefix="/api/distribute-credi
 QUERY_PARAMETERS = {"dryRun"}
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 REQUEST_ID_LIMIT = 200
+RUN_ID_LIMIT = 36
 
 
 class BadQuery(Exception):
@@ -42,8 +44,13 @@ def parse_dry_run(args):
 @bp.route("/", methods=["GET", "POST"])
 @basic_auth.login_required
 def distribute():
+    if request.method == "HEAD":
+        # Flask answers HEAD wherever GET is allowed; a HEAD must not run the job.
+        abort(405)
     dry_run = parse_dry_run(request.args)
-    request_id = request.headers.get("X-Request-Id", "")[:REQUEST_ID_LIMIT] or None
+    # Control characters (a NUL cannot even be stored in PostgreSQL) are dropped.
+    request_id = "".join(ch for ch in request.headers.get("X-Request-Id", "") if ch.isprintable())
+    request_id = request_id[:REQUEST_ID_LIMIT] or None
     summary = start_run("http", dry_run=dry_run, request_id=request_id)
     return jsonify(summary.as_json())
 
@@ -51,16 +58,23 @@ def distribute():
 @bp.get("/runs/latest")
 @basic_auth.login_required
 def latest_run():
-    return _run_or_404(find_run())
+    return _run_or_404(find_run)
 
 
 @bp.get("/runs/<run_id>")
 @basic_auth.login_required
 def run(run_id):
-    return _run_or_404(find_run(run_id))
+    if len(run_id) > RUN_ID_LIMIT or not run_id.isprintable():
+        # Not an id this service writes (and a NUL would make PostgreSQL fail).
+        return jsonify(error="not_found", message="no such run"), 404
+    return _run_or_404(lambda: find_run(run_id))
 
 
-def _run_or_404(found):
+def _run_or_404(find):
+    try:
+        found = find()
+    except OperationalError:
+        raise DatabaseUnavailable("the database cannot be reached") from None
     if found is None:
         return jsonify(error="not_found", message="no such run"), 404
     return jsonify(found)
@@ -84,7 +98,7 @@ def run_in_progress(error):
 
 @bp.errorhandler(DatabaseUnavailable)
 def database_unavailable(error):
-    return jsonify(error="database_unavailable", message="the database cannot be reached; nothing was changed"), 503
+    return jsonify(error="database_unavailable", message=f"{error}; nothing was changed"), 503
 
 
 @bp.errorhandler(RunFailed)

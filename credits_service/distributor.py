@@ -196,7 +196,10 @@ def _run_batch(conn, job, ids, summary):
                 summary.errors += 1
                 reason = failure.reason
                 summary.failed_users.append({"userId": user_id, "reason": reason})
-                log.warning("run %s: user %s failed: %s", job.run_id, user_id, reason)
+                log.warning(
+                    "run %s: user %s failed: %s", job.run_id, user_id, reason,
+                    extra={"run_id": job.run_id, "user_id": user_id, "reason": reason},
+                )
 
 
 class _UserFailure(Exception):
@@ -440,11 +443,15 @@ class _Batch:
                 log.warning(
                     "run %s: user %s had %s credits but %s expired; balance set to 0 (ledger drift)",
                     self.job.run_id, user_id, balance, credits,
+                    extra={"run_id": self.job.run_id, "user_id": user_id},
                 )
-            delta[user_id] -= min(credits, max(balance, 0))
+            # The balance after expiry is max(balance - credits, 0); written as a delta.
+            delta[user_id] -= balance - max(balance - credits, 0)
         for user_id, (_, amount) in self.granted.items():
             delta[user_id] += amount
-        rows = [self.balance_row(user_id, change) for user_id, change in delta.items() if change]
+        # A balance that expiry and grant both touched is written even when they
+        # cancel out, so that its updated_at says the run was here.
+        rows = [self.balance_row(user_id, change) for user_id, change in delta.items()]
         if not rows:
             return
         upsert = _insert(self.conn, balances)

@@ -44,7 +44,7 @@ def init_app(app, blueprint):
     def refuse_strangers():
         if request.blueprint != blueprint.name:
             return
-        if networks and not _address_in(request.remote_addr, networks):
+        if networks and not address_in(request.remote_addr, networks):
             abort(403, "this address may not call the endpoint")
         if (request.content_length or 0) > MAX_BODY_BYTES:
             abort(413, "the endpoint takes no request body")
@@ -63,7 +63,7 @@ def init_app(app, blueprint):
     app.extensions["credits_limiter"] = limiter
 
 
-def _address_in(address, networks):
+def address_in(address, networks):
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

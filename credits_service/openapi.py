@@ -110,6 +110,31 @@ DOCUMENT = {
                 **RUN_LOOKUP,
             }
         },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process answers (no database, no credentials)",
+                "responses": {"200": _json("#/components/schemas/Health", "Alive.")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the database answers and its schema is at this code's migration",
+                "responses": {
+                    "200": _json("#/components/schemas/Health", "Ready."),
+                    "503": _json("#/components/schemas/Health", "Not ready; reason says why."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics, from the run history",
+                "security": [{"basicAuth": []}],
+                "responses": {
+                    "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **{code: COMMON_ERRORS[code] for code in ("401", "403", "500")},
+                },
+            }
+        },
         "/api/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -124,6 +149,15 @@ DOCUMENT = {
                 "type": "object",
                 "required": ["error", "message"],
                 "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                    "reason": {"type": "string"},
+                    "schema": {"type": "string"},
+                },
             },
             "RunInProgress": {
                 "type": "object",

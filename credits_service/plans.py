@@ -131,8 +131,10 @@ class _Checker:
         if start is None:
             return None
         last_key = needle.rsplit(".", 1)[-1] if needle else None
+        # The plan's own sub-tables ([plans.<id>.credits], [[plans.<id>.prices]]) belong to it.
+        own_table = re.compile(rf"^\s*\[\[?\s*plans\.\"?{re.escape(plan_id)}\"?\s*\.")
         for i in range(start, len(self.lines)):
-            if i > start and self.lines[i].lstrip().startswith("["):
+            if i > start and self.lines[i].lstrip().startswith("[") and not own_table.match(self.lines[i]):
                 break
             if last_key and last_key in self.lines[i]:
                 return i + 1
@@ -141,13 +143,33 @@ class _Checker:
     def plans(self, document):
         unknown = set(document) - {"plans"}
         if unknown:
-            raise PlansError(f"plans file {self.path}: unknown top-level key {sorted(unknown)[0]!r}")
+            key = sorted(unknown)[0]
+            line = self.line_of_top_level(key)
+            where = f", line {line}" if line else ""
+            raise PlansError(
+                f"plans file {self.path}{where}: unknown top-level key {key!r} (expected only [plans.<id>] tables)"
+            )
         tables = document.get("plans")
         if not isinstance(tables, dict) or not tables:
             raise PlansError(f"plans file {self.path}: no [plans.<id>] table")
         plans = tuple(self.plan(plan_id, table) for plan_id, table in tables.items())
         self.check_together(plans)
         return Plans(plans)
+
+    def line_of_top_level(self, key):
+        """The line of a top-level ``key = ...`` or of a ``[key]`` / ``[key.sub]`` table."""
+        name = rf"\"?{re.escape(key)}\"?"
+        assignment = re.compile(rf"^\s*{name}\s*[=.]")
+        table = re.compile(rf"^\s*\[\[?\s*{name}\s*[\].]")
+        in_table = False
+        for i, line in enumerate(self.lines):
+            if table.match(line):
+                return i + 1
+            if line.lstrip().startswith("["):
+                in_table = True
+            elif not in_table and assignment.match(line):
+                return i + 1
+        return None
 
     def plan(self, plan_id, table):
         if not isinstance(table, dict):
@@ -192,7 +214,9 @@ class _Checker:
     def whole_number(self, plan_id, table, key, minimum):
         value = table.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(plan_id, f"credits.{key}", f"must be a whole number >= {minimum}, got {value!r}")
+            # A missing key has no line of its own: point at the credits table instead.
+            needle = None if key in table else "credits"
+            self.fail(plan_id, f"credits.{key}", f"must be a whole number >= {minimum}, got {value!r}", needle=needle)
         return value
 
     def credits(self, plan_id, table):

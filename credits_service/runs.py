@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from flask import current_app
 from sqlalchemy import select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .distributor import distribute
 from .extensions import db
@@ -34,7 +34,21 @@ class RunInProgress(Exception):
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached before anything was changed."""
+    """The database could not be used before anything was changed.
+
+    ``str()`` is safe to show a caller: the driver's own message, which may
+    name hosts, only goes to the log.
+    """
+
+
+def _not_started(run_id, error):
+    missing_table = getattr(error.orig, "sqlstate", None) == "42P01" or "no such table" in str(error.orig)
+    if missing_table:
+        reason = "the database has no credits_service schema yet: run flask db upgrade"
+    else:
+        reason = "the database cannot be reached"
+    log.error("run %s not started: %s (%s)", run_id, reason, str(error.orig).strip(), extra={"run_id": run_id})
+    return DatabaseUnavailable(reason)
 
 
 class RunFailed(Exception):
@@ -59,11 +73,15 @@ def start_run(trigger, *, now=None, dry_run=False, request_id=None):
         _record_start(engine, run_id, trigger, period, now, dry_run, request_id)
     except LockBusy:
         raise RunInProgress(_running(engine)) from None
-    except OperationalError as error:
-        held.close()
-        raise DatabaseUnavailable(str(error.orig).strip()) from None
+    except BaseException as error:
+        held.close()  # never leave the lock behind
+        if isinstance(error, DBAPIError):
+            raise _not_started(run_id, error) from None
+        raise
     with held:
-        log.info("run %s started (%s, period %s%s)", run_id, trigger, period.label, ", dry run" if dry_run else "")
+        context = {"run_id": run_id, "trigger": trigger, "period": period.label, "dry_run": dry_run}
+        log.info("run %s started (%s, period %s%s)", run_id, trigger, period.label,
+                 ", dry run" if dry_run else "", extra=context)
         try:
             summary = distribute(
                 engine,
@@ -76,13 +94,16 @@ def start_run(trigger, *, now=None, dry_run=False, request_id=None):
             )
         except Exception as error:
             reason = f"{type(error).__name__}: {getattr(error, 'orig', error)}".strip()[:500]
-            log.exception("run %s failed", run_id)
+            log.exception("run %s failed: %s", run_id, reason, extra=context)
             _record_end(engine, run_id, "failed", error=reason)
             raise RunFailed(run_id, reason) from error
-        _record_end(engine, run_id, "succeeded", summary=summary.as_json())
+        counts = summary.as_json()
+        _record_end(engine, run_id, "succeeded", summary=counts)
         log.info(
             "run %s finished: users %s, processed %s, errors %s in %s ms",
             run_id, summary.users, summary.processed, summary.errors, summary.duration_ms,
+            extra=context | {key: counts[key] for key in
+                             ("usersCount", "processedCount", "errorCount", "durationMs", "expired", "granted", "skipped")},
         )
         return summary
 
