@@ -8,7 +8,7 @@ from flask import Flask, jsonify
 from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 
-from . import logs
+from . import logs, shards
 from .config import Config
 from .extensions import db, migrate
 from .period import zone
@@ -53,21 +53,23 @@ def register_extensions(app):
     migrate.init_app(app, db, directory=str(MIGRATIONS))
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
-            _serialise_sqlite_writers(db.engine)
+            _configure_sqlite(db.engine)
 
 
-def _serialise_sqlite_writers(engine):
+def _configure_sqlite(engine):
     """Make every SQLite transaction take the write lock at BEGIN.
 
     pysqlite's default BEGIN (deferred, and only before a write) would let a
     batch read balances, then find another writer changed them; BEGIN
     IMMEDIATE serialises writers up front, which is what the job needs.
+    Each connection also learns the shard hash PostgreSQL computes in SQL.
     """
 
     @event.listens_for(engine, "connect")
     def no_implicit_begin(dbapi_connection, _):
         dbapi_connection.isolation_level = None
         dbapi_connection.execute("PRAGMA busy_timeout = 30000")
+        shards.register_sqlite_function(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def begin_immediate(conn):

@@ -15,6 +15,7 @@ from . import demo
 from .extensions import db
 from .ledger import find_drift
 from .runs import DatabaseUnavailable, RunFailed, RunInProgress, start_run
+from .shards import Shard
 
 bp = Blueprint("credits", __name__, cli_group="credits")
 
@@ -32,13 +33,24 @@ class Moment(click.ParamType):
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class ShardOption(click.ParamType):
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        try:
+            return Shard.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 @bp.cli.command("distribute")
 @click.option("--now", type=Moment(), help="Run as if at this moment (default: the current time).")
 @click.option("--dry-run", is_flag=True, help="Report what would be done; change nothing.")
-def distribute_command(now, dry_run):
+@click.option("--shard", type=ShardOption(), help="Only the users of shard K of N (e.g. 2/4).")
+def distribute_command(now, dry_run, shard):
     """Expire and grant credits, and print the JSON summary."""
     try:
-        summary = start_run("cli", now=now, dry_run=dry_run)
+        summary = start_run("cli", now=now, dry_run=dry_run, shard=shard)
     except RunInProgress as busy:
         _fail({"error": "run_in_progress", "running": busy.running})
     except DatabaseUnavailable as error:

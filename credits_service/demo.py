@@ -119,12 +119,18 @@ def seed(engine, plans, *, users, seed=1, now=None, zone="UTC"):
 
 
 def _copy_rows(conn, table, columns, rows):
-    """COPY ``rows`` into ``table``, inside the transaction of ``conn``."""
+    """COPY ``rows`` into ``table`` in binary, inside the transaction of ``conn``.
+
+    Binary spares both sides the text round trip of every timestamp.
+    """
     names = ", ".join(f'"{column}"' for column in columns)
+    types = [table.c[column].type.compile(conn.dialect).lower() for column in columns]
     raw = conn.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row(row)
+    with raw.cursor() as cursor:
+        with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT BINARY)') as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
 
 
 def _sqlite_rows(conn, table, columns, rows):

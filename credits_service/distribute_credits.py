@@ -1,19 +1,22 @@
 """``/api/distribute-credits``: the endpoint cron-job.org calls once a day.
 
-It parses, authenticates and hands over to ``runs.start_run``; every answer,
+It parses, authenticates and hands over to ``runs``; every answer,
 errors included, is JSON. cron-job.org follows no redirects, so the path
 answers with and without a trailing slash.
 """
 
-from flask import Blueprint, abort, jsonify, request
+from dataclasses import dataclass
+
+from flask import Blueprint, abort, jsonify, request, url_for
 from sqlalchemy.exc import OperationalError
 
 from .auth import basic_auth
-from .runs import DatabaseUnavailable, RunFailed, RunInProgress, find_run, start_run
+from .runs import DatabaseUnavailable, RunFailed, RunInProgress, find_run, start_run, start_run_in_background
+from .shards import Shard
 
 bp = Blueprint("distribute_credits", __name__, url_prefix="/api/distribute-credits")
 
-QUERY_PARAMETERS = {"dryRun"}
+QUERY_PARAMETERS = ("dryRun", "async", "shard")
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 REQUEST_ID_LIMIT = 200
 RUN_ID_LIMIT = 36
@@ -23,20 +26,35 @@ class BadQuery(Exception):
     """A query parameter we do not understand: better refuse than guess."""
 
 
-def parse_dry_run(args):
-    """``dryRun`` from the query string; anything unknown is refused.
+@dataclass(frozen=True)
+class RunRequest:
+    dry_run: bool = False
+    run_async: bool = False
+    shard: Shard | None = None
+
+
+def parse_query(args):
+    """What the query string asks for; anything unknown is refused.
 
     A misspelt ``dryrun=true`` must not turn into a real run, so unknown or
     repeated parameters are errors rather than ignored.
     """
     for name in args:
         if name not in QUERY_PARAMETERS:
-            raise BadQuery(f"unknown query parameter {name!r} (allowed: {', '.join(sorted(QUERY_PARAMETERS))})")
+            raise BadQuery(f"unknown query parameter {name!r} (allowed: {', '.join(QUERY_PARAMETERS)})")
         if len(args.getlist(name)) > 1:
             raise BadQuery(f"query parameter {name!r} given more than once")
-    value = args.get("dryRun", "false")
+    try:
+        shard = Shard.parse(args["shard"]) if "shard" in args else None
+    except ValueError as error:
+        raise BadQuery(str(error)) from None
+    return RunRequest(_boolean(args, "dryRun"), _boolean(args, "async"), shard)
+
+
+def _boolean(args, name):
+    value = args.get(name, "false")
     if value.lower() not in BOOLEANS:
-        raise BadQuery(f"dryRun must be true or false, got {value[:50]!r}")
+        raise BadQuery(f"{name} must be true or false, got {value[:50]!r}")
     return BOOLEANS[value.lower()]
 
 
@@ -47,11 +65,17 @@ def distribute():
     if request.method == "HEAD":
         # Flask answers HEAD wherever GET is allowed; a HEAD must not run the job.
         abort(405)
-    dry_run = parse_dry_run(request.args)
+    asked = parse_query(request.args)
     # Control characters (a NUL cannot even be stored in PostgreSQL) are dropped.
     request_id = "".join(ch for ch in request.headers.get("X-Request-Id", "") if ch.isprintable())
-    request_id = request_id[:REQUEST_ID_LIMIT] or None
-    summary = start_run("http", dry_run=dry_run, request_id=request_id)
+    options = {"dry_run": asked.dry_run, "request_id": request_id[:REQUEST_ID_LIMIT] or None, "shard": asked.shard}
+    if asked.run_async:
+        run_id = start_run_in_background("http", **options)
+        status_url = url_for(".run", run_id=run_id)
+        answer = jsonify(message="run started; poll its status URL", runId=run_id, status="running",
+                         statusUrl=status_url)
+        return answer, 202, {"Location": status_url}
+    summary = start_run("http", **options)
     return jsonify(summary.as_json())
 
 

@@ -141,8 +141,9 @@ def _entitled(kind, grant_type, plan):
 class _Job:
     """The settings of one run, shared by every batch."""
 
-    def __init__(self, plans, now, zone, run_id, dry_run):
+    def __init__(self, plans, now, zone, run_id, dry_run, shard):
         self.plans = plans
+        self.shard = shard
         self.now = utc_naive(now)
         self.period = Period.containing(now, zone)
         self.run_id = run_id
@@ -150,21 +151,23 @@ class _Job:
         self.lifetime_price_ids = sorted(plans.lifetime_by_price)
 
 
-def distribute(engine, plans, now, *, zone="UTC", dry_run=False, batch_size=1000, run_id=None, progress=None):
+def distribute(
+    engine, plans, now, *, zone="UTC", dry_run=False, batch_size=1000, run_id=None, progress=None, shard=None
+):
     """Run the job at ``now`` (an aware datetime) and return its ``Summary``.
 
     A dry run does all the work in transactions that are rolled back, so its
     summary is exactly what a real run at the same moment would report.
     ``progress``, if given, is called with the number of users each batch
-    covered.
+    covered. ``shard`` (a ``shards.Shard``) limits the run to its users.
     """
     started = time.monotonic()
-    job = _Job(plans, now, zone, run_id or str(uuid.uuid4()), dry_run)
+    job = _Job(plans, now, zone, run_id or str(uuid.uuid4()), dry_run, shard)
     summary = Summary(run_id=job.run_id, period=job.period.label, dry_run=dry_run)
     after = None
     while True:
         with engine.connect() as conn:
-            ids = _next_user_ids(conn, after, batch_size)
+            ids = _next_user_ids(conn, after, batch_size, shard)
             conn.rollback()
             if not ids:
                 break
@@ -176,10 +179,12 @@ def distribute(engine, plans, now, *, zone="UTC", dry_run=False, batch_size=1000
     return summary
 
 
-def _next_user_ids(conn, after, batch_size):
+def _next_user_ids(conn, after, batch_size, shard):
     query = select(users.c.id).order_by(users.c.id).limit(batch_size)
     if after is not None:
         query = query.where(users.c.id > after)
+    if shard is not None:
+        query = query.where(shard.holds(users.c.id))
     return conn.scalars(query).all()
 
 
@@ -273,7 +278,10 @@ class _Batch:
         self.granted = {}  # user id -> (grant type, amount)
 
     def in_batch(self, column):
-        return column.between(self.first, self.last)
+        """The users of this batch: an id range, narrowed to the run's shard."""
+        if self.job.shard is None:
+            return column.between(self.first, self.last)
+        return and_(column.between(self.first, self.last), self.job.shard.holds(column))
 
     def run(self):
         self.expire()

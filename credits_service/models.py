@@ -138,6 +138,7 @@ class Run(db.Model):
     now: Mapped[datetime] = mapped_column(DateTime)
     dry_run: Mapped[bool] = mapped_column(Boolean)
     request_id: Mapped[str | None] = mapped_column(String(200))
+    shard: Mapped[str | None] = mapped_column(String(9))  # "K/N", or None for every user
     status: Mapped[str] = mapped_column(String(16), index=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

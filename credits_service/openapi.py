@@ -41,6 +41,11 @@ COMMON_ERRORS = {
 
 RUN_ANSWERS = {
     "200": _json("#/components/schemas/Summary", "The run finished; the summary of what it did."),
+    "202": {
+        "description": "async=true: the run goes on in the background.",
+        "headers": {"Location": {"schema": {"type": "string"}, "description": "The run's status URL."}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Started"}}},
+    },
     "400": _error("A query parameter is unknown, repeated or has a bad value; nothing ran.", "bad_request"),
     "409": {
         "description": "Another run is in progress; this call changed nothing.",
@@ -69,6 +74,20 @@ RUN_OPERATION = {
             "required": False,
             "description": "true: report what a run would do and change nothing.",
             "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+        },
+        {
+            "name": "async",
+            "in": "query",
+            "required": False,
+            "description": "true: answer 202 at once and run in the background; poll the Location.",
+            "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+        },
+        {
+            "name": "shard",
+            "in": "query",
+            "required": False,
+            "description": "K/N: only the users of shard K of N (a stable hash of the user id).",
+            "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,3}/[1-9][0-9]{0,3}$"},
         },
         {
             "name": "X-Request-Id",
@@ -159,6 +178,16 @@ DOCUMENT = {
                     "schema": {"type": "string"},
                 },
             },
+            "Started": {
+                "type": "object",
+                "required": ["message", "runId", "status", "statusUrl"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "runId": {"type": "string"},
+                    "status": {"type": "string", "enum": ["running"]},
+                    "statusUrl": {"type": "string"},
+                },
+            },
             "RunInProgress": {
                 "type": "object",
                 "required": ["error", "message", "runId", "startedAt"],
@@ -221,6 +250,7 @@ DOCUMENT = {
                     "trigger": {"type": "string", "enum": ["http", "cli"]},
                     "period": {"type": "string"},
                     "dryRun": {"type": "boolean"},
+                    "shard": {"type": "string", "nullable": True},
                     "requestId": {"type": "string", "nullable": True},
                     "status": {"type": "string", "enum": ["running", "succeeded", "failed", "abandoned"]},
                     "startedAt": {"type": "string"},

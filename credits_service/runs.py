@@ -6,8 +6,10 @@ knows nothing of requests.
 """
 
 import logging
+import threading
 import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import current_app
@@ -23,6 +25,7 @@ from .run_lock import LockBusy, run_lock
 log = logging.getLogger(__name__)
 
 runs = Run.__table__
+LOGGED_COUNTS = ("usersCount", "processedCount", "errorCount", "durationMs", "expired", "granted", "skipped")
 
 
 class RunInProgress(Exception):
@@ -60,17 +63,32 @@ class RunFailed(Exception):
         self.reason = reason
 
 
-def start_run(trigger, *, now=None, dry_run=False, request_id=None):
-    """Run the job once under the run lock and record it; return the Summary."""
+@dataclass
+class _Started:
+    """A run that holds the lock and has its history row; the job is next."""
+
+    run_id: str
+    now: datetime
+    dry_run: bool
+    shard: object
+    held: ExitStack
+    context: dict
+
+
+def begin_run(trigger, *, now=None, dry_run=False, request_id=None, shard=None):
+    """Take the run lock and record the run as running.
+
+    Raises RunInProgress or DatabaseUnavailable, in both cases having changed
+    nothing, so the caller can answer at once.
+    """
     engine = db.engine
     now = now or datetime.now(UTC)
-    config = current_app.config
-    period = Period.containing(now, config["CREDITS_TIMEZONE"])
+    period = Period.containing(now, current_app.config["CREDITS_TIMEZONE"])
     run_id = str(uuid.uuid4())
     held = ExitStack()
     try:
-        held.enter_context(run_lock(engine))
-        _record_start(engine, run_id, trigger, period, now, dry_run, request_id)
+        held.enter_context(run_lock(engine, shard))
+        _record_start(engine, run_id, trigger, period, now, dry_run, request_id, shard)
     except LockBusy:
         raise RunInProgress(_running(engine)) from None
     except BaseException as error:
@@ -78,34 +96,68 @@ def start_run(trigger, *, now=None, dry_run=False, request_id=None):
         if isinstance(error, DBAPIError):
             raise _not_started(run_id, error) from None
         raise
-    with held:
-        context = {"run_id": run_id, "trigger": trigger, "period": period.label, "dry_run": dry_run}
-        log.info("run %s started (%s, period %s%s)", run_id, trigger, period.label,
-                 ", dry run" if dry_run else "", extra=context)
+    context = {"run_id": run_id, "trigger": trigger, "period": period.label, "dry_run": dry_run,
+               "shard": str(shard) if shard else None}
+    log.info("run %s started (%s, period %s%s)", run_id, trigger, period.label,
+             ", dry run" if dry_run else "", extra=context)
+    return _Started(run_id, now, dry_run, shard, held, context)
+
+
+def finish_run(started):
+    """Run the job of a begun run, record how it ended, release the lock."""
+    engine = db.engine
+    config = current_app.config
+    with started.held:
         try:
             summary = distribute(
                 engine,
                 current_app.extensions["credits_plans"],
-                now,
+                started.now,
                 zone=config["CREDITS_TIMEZONE"],
-                dry_run=dry_run,
+                dry_run=started.dry_run,
                 batch_size=config["CREDITS_BATCH_SIZE"],
-                run_id=run_id,
+                run_id=started.run_id,
+                shard=started.shard,
             )
         except Exception as error:
             reason = f"{type(error).__name__}: {getattr(error, 'orig', error)}".strip()[:500]
-            log.exception("run %s failed: %s", run_id, reason, extra=context)
-            _record_end(engine, run_id, "failed", error=reason)
-            raise RunFailed(run_id, reason) from error
+            log.exception("run %s failed: %s", started.run_id, reason, extra=started.context)
+            _record_end(engine, started.run_id, "failed", error=reason)
+            raise RunFailed(started.run_id, reason) from error
         counts = summary.as_json()
-        _record_end(engine, run_id, "succeeded", summary=counts)
+        _record_end(engine, started.run_id, "succeeded", summary=counts)
         log.info(
             "run %s finished: users %s, processed %s, errors %s in %s ms",
-            run_id, summary.users, summary.processed, summary.errors, summary.duration_ms,
-            extra=context | {key: counts[key] for key in
-                             ("usersCount", "processedCount", "errorCount", "durationMs", "expired", "granted", "skipped")},
+            started.run_id, summary.users, summary.processed, summary.errors, summary.duration_ms,
+            extra=started.context | {key: counts[key] for key in LOGGED_COUNTS},
         )
         return summary
+
+
+def start_run(trigger, *, now=None, dry_run=False, request_id=None, shard=None):
+    """Run the job once under the run lock and record it; return the Summary."""
+    return finish_run(begin_run(trigger, now=now, dry_run=dry_run, request_id=request_id, shard=shard))
+
+
+def start_run_in_background(trigger, *, dry_run=False, request_id=None, shard=None):
+    """Begin a run here, finish it in a thread; return its id at once.
+
+    For databases too large for one call's time window. If the worker dies
+    before the thread is done, the run shows as abandoned and the next call
+    finishes its work (every batch commits on its own).
+    """
+    started = begin_run(trigger, dry_run=dry_run, request_id=request_id, shard=shard)
+    app = current_app._get_current_object()
+
+    def work():
+        with app.app_context():
+            try:
+                finish_run(started)
+            except RunFailed:
+                pass  # logged and recorded by finish_run
+
+    threading.Thread(target=work, name=f"run-{started.run_id}", daemon=True).start()
+    return started.run_id
 
 
 def find_run(run_id=None):
@@ -129,6 +181,7 @@ def _as_json(row):
         "trigger": row["trigger"],
         "period": row["period"],
         "dryRun": row["dry_run"],
+        "shard": row["shard"],
         "requestId": row["request_id"],
         "status": row["status"],
         "startedAt": moment(row["started_at"]),
@@ -149,14 +202,18 @@ def _running(engine):
     return _as_json(row) if row else None
 
 
-def _record_start(engine, run_id, trigger, period, now, dry_run, request_id):
+def _record_start(engine, run_id, trigger, period, now, dry_run, request_id, shard):
     started = utc_naive(datetime.now(UTC))
+    # We hold the lock, so a run of ours still marked as running died with its
+    # process: any run at all for a whole run, the same shard for a shard run.
+    dead = runs.c.status == "running"
+    if shard is not None:
+        dead &= runs.c.shard == str(shard)
     with engine.begin() as conn:
-        # We hold the lock, so a run still marked as running died with its process.
         conn.execute(
-            update(runs)
-            .where(runs.c.status == "running")
-            .values(status="abandoned", finished_at=started, error="the process running it stopped")
+            update(runs).where(dead).values(
+                status="abandoned", finished_at=started, error="the process running it stopped"
+            )
         )
         conn.execute(
             runs.insert().values(
@@ -166,6 +223,7 @@ def _record_start(engine, run_id, trigger, period, now, dry_run, request_id):
                 now=utc_naive(now),
                 dry_run=dry_run,
                 request_id=request_id,
+                shard=str(shard) if shard else None,
                 status="running",
                 started_at=started,
             )

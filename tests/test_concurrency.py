@@ -483,3 +483,38 @@ def _cut_when_granting(engine, period_key, proxy):
             proxy.cut()
             return
         time.sleep(0.02)
+
+
+def test_parallel_shard_processes_cover_every_user_once(pg_url):
+    now = datetime.now(UTC)
+    app = populated(pg_url, 3000, now - timedelta(minutes=1))
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        examined = conn.scalar(sa.text(
+            'SELECT count(*) FROM "user" WHERE banned IS NOT TRUE OR (ban_expires IS NOT NULL AND ban_expires <= :now)'
+        ), {"now": now.replace(tzinfo=None)})
+    expected = entitled_users(app, now)
+    env = service_env(pg_url, CREDITS_BATCH_SIZE=100)
+    shards = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "credits", "distribute", "--shard", f"{k}/3"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for k in (1, 2, 3)
+    ]
+    summaries = []
+    for process in shards:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        summaries.append(json.loads(out))
+
+    assert sum(summary["usersCount"] for summary in summaries) == examined
+    assert sum(sum(summary["granted"].values()) for summary in summaries) == expected
+    assert all(summary["errorCount"] == 0 for summary in summaries)
+    rows = grant_rows_per_user(engine, Period.containing(now).key)
+    assert {count for _, _, count in rows} == {1}
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT shard, status FROM credits_service_run ORDER BY shard")).all()
+    assert [tuple(row) for row in statuses] == [("1/3", "succeeded"), ("2/3", "succeeded"), ("3/3", "succeeded")]
+    assert drift(engine) == []
+    engine.dispose()
