@@ -62,14 +62,17 @@ def verify_password(username, password):
         log.error(
             "refused a call: CRON_JOBS_USERNAME and CRON_JOBS_PASSWORD (or CRON_JOBS_PASSWORD_HASH) must be set"
         )
-        return None
-    # Both checks always run, so timing tells nothing about which failed.
+        return False
+    # Every check always runs, so timing tells nothing about which failed.
     user_ok = _same(username or "", expected_user)
     if password_hash:
         password_ok = check_password_hash(password_hash, password or "")
     else:
         password_ok = _same(password or "", expected_password)
-    return user_ok and password_ok
+    # While the cron job is switched to a new password, the old one still works.
+    previous = config["CRON_JOBS_PASSWORD_PREVIOUS"]
+    previous_ok = bool(previous) & _same(password or "", previous or "\0")
+    return user_ok and (password_ok or previous_ok)
 
 
 @basic_auth.error_handler

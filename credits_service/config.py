@@ -28,6 +28,7 @@ class Config:
         self.CRON_JOBS_USERNAME = env.get("CRON_JOBS_USERNAME", "")
         self.CRON_JOBS_PASSWORD = env.get("CRON_JOBS_PASSWORD", "")
         self.CRON_JOBS_PASSWORD_HASH = env.get("CRON_JOBS_PASSWORD_HASH", "")
+        self.CRON_JOBS_PASSWORD_PREVIOUS = env.get("CRON_JOBS_PASSWORD_PREVIOUS", "")
         self.CRON_JOBS_ALLOWED_IPS = env.get("CRON_JOBS_ALLOWED_IPS", "")
         self.TRUSTED_PROXY_HOPS = int(env.get("TRUSTED_PROXY_HOPS") or 0)
         self.AUTH_FAILURE_LIMIT = env.get("CRON_JOBS_AUTH_FAILURE_LIMIT") or "10 per minute"

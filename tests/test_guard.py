@@ -87,3 +87,13 @@ def test_create_app_reads_the_guard_settings_from_the_environment(monkeypatch, t
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.sqlite'}")
     with pytest.raises(ValueError, match="not-a-network"):
         create_app()
+
+
+def test_rotation_accepts_the_previous_password_while_it_is_set(make_app):
+    rotating = make_app({"CRON_JOBS_PASSWORD": "new-secret", "CRON_JOBS_PASSWORD_PREVIOUS": PASSWORD}).test_client()
+    assert rotating.get(URL, headers=basic(password="new-secret")).status_code == 200
+    assert rotating.get(URL, headers=basic(password=PASSWORD)).status_code == 200
+    assert rotating.get(URL, headers=basic(password="neither")).status_code == 401
+
+    done = make_app({"CRON_JOBS_PASSWORD": "new-secret"}).test_client()
+    assert done.get(URL, headers=basic(password=PASSWORD)).status_code == 401
