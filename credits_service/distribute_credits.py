@@ -7,7 +7,8 @@ answers with and without a trailing slash.
 
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
+from werkzeug.exceptions import MethodNotAllowed
 from sqlalchemy.exc import OperationalError
 
 from .auth import basic_auth
@@ -64,7 +65,7 @@ def _boolean(args, name):
 def distribute():
     if request.method == "HEAD":
         # Flask answers HEAD wherever GET is allowed; a HEAD must not run the job.
-        abort(405)
+        raise MethodNotAllowed(valid_methods=["GET", "POST"])
     asked = parse_query(request.args)
     # Control characters (a NUL cannot even be stored in PostgreSQL) are dropped.
     request_id = "".join(ch for ch in request.headers.get("X-Request-Id", "") if ch.isprintable())

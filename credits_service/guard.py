@@ -12,9 +12,11 @@
 """
 
 import ipaddress
+import math
+import time
 
-from flask import abort, request
-from flask_limiter import Limiter
+from flask import abort, jsonify, request
+from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -54,13 +56,17 @@ def init_app(app, blueprint):
         get_remote_address,
         app=app,
         storage_uri="memory://",
-        headers_enabled=True,
         enabled=app.config["AUTH_FAILURE_LIMIT_ENABLED"],
     )
     limiter.limit(app.config["AUTH_FAILURE_LIMIT"], deduct_when=lambda response: response.status_code == 401)(
         blueprint
     )
-    app.extensions["credits_limiter"] = limiter
+
+    @app.errorhandler(RateLimitExceeded)
+    def too_many_failures(error):
+        wait = max(1, math.ceil(limiter.current_limit.reset_at - time.time()))
+        response = jsonify(error="too_many_requests", message="too many failed logins from this address; wait")
+        return response, 429, {"Retry-After": str(wait)}
 
 
 def address_in(address, networks):

@@ -97,3 +97,17 @@ def test_rotation_accepts_the_previous_password_while_it_is_set(make_app):
 
     done = make_app({"CRON_JOBS_PASSWORD": "new-secret"}).test_client()
     assert done.get(URL, headers=basic(password=PASSWORD)).status_code == 401
+
+
+def test_only_a_refusal_for_too_many_failures_says_retry_after(make_app):
+    client = make_app({"AUTH_FAILURE_LIMIT_ENABLED": True, "AUTH_FAILURE_LIMIT": "5 per minute"}).test_client()
+    assert "Retry-After" not in client.get(URL, headers=basic()).headers
+    assert "Retry-After" not in client.get(URL, headers=basic(password="wrong")).headers
+
+
+def test_head_is_refused_with_the_allowed_methods(client, world):
+    user = world.user()
+    response = client.head(URL, headers=basic())
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert world.balance(user) is None  # the job did not run
