@@ -35,7 +35,8 @@ class Config:
         self.AUTH_FAILURE_LIMIT_ENABLED = True
         self.CREDITS_PLANS_FILE = env.get("CREDITS_PLANS_FILE") or str(DEFAULT_PLANS_FILE)
         self.CREDITS_TIMEZONE = env.get("CREDITS_TIMEZONE") or "UTC"
-        self.CREDITS_BATCH_SIZE = int(env.get("CREDITS_BATCH_SIZE") or 1000)
+        self.CREDITS_BATCH_SIZE = int(env.get("CREDITS_BATCH_SIZE") or 5000)
+        self.CREDITS_WORKERS = int(env.get("CREDITS_WORKERS") or 2)
         self.METRICS_ALLOWED_IPS = env.get("METRICS_ALLOWED_IPS", "")
         self.LOG_FORMAT = env.get("LOG_FORMAT", "")
         self.LOG_LEVEL = env.get("LOG_LEVEL") or "INFO"

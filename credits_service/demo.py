@@ -23,7 +23,6 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
 
 from sqlalchemy import DateTime
 
@@ -123,9 +122,9 @@ def _made_ahead(population, users):
     """The population's chunks, each one made while the one before is written.
 
     Making rows is Python work; writing them is mostly waiting for the
-    database, which releases the GIL: on two cores the two overlap, which
-    takes about a third off the time. The queue holds a single chunk, so
-    memory stays at about three chunks.
+    database (index upkeep), which releases the GIL, so on two cores the two
+    overlap. The queue holds a single chunk: memory stays at about three
+    chunks.
     """
     ready = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -255,24 +254,15 @@ class _Population:
                 break
             draw -= share
         available = {"yearly": self.yearly, "monthly": self.monthly, "lifetime": self.lifetime,
-                     "unknown": self.retired}
+                     "unknown": self.retired, "lapsed": self.yearly or self.monthly or self.retired}
         return kind if available.get(kind, True) else "free"
 
     # Users -------------------------------------------------------------------
     def chunk(self, size):
-        """``size`` users and their rows, each table's rows in user id order.
-
-        Users arrive in random id order; sorted, a chunk's inserts walk the
-        user_id indexes in one sweep instead of jumping around, which is
-        most of the database's work during seeding.
-        """
+        """The rows of the next ``size`` users."""
         rows = _Rows()
         for _ in range(size):
             self.user(rows)
-        rows.users.sort(key=itemgetter(0))
-        rows.payments.sort(key=itemgetter(5))
-        rows.balances.sort(key=itemgetter(1))
-        rows.ledger.sort(key=itemgetter(1))
         return rows
 
     def user(self, rows):
@@ -409,7 +399,8 @@ class _Population:
         """Last month's recurring grant (and this month's, if any).
 
         Older months are left out: they hold nothing any more, and writing
-        them would double the seeding time for no change in what the job does.
+        them would add half again to the seeding time for little change in
+        what the job does.
 
         Monthly and unknown-price subscribers hold the payment webhook's
         renewal grant (period_key 0) instead. Sets
@@ -493,7 +484,7 @@ def _period_before(period, zone):
 class _Account:
     """One user's ledger under construction, and the balance that matches it.
 
-    Every grant is partly used (a USAGE row) and, once expired, either still
+    Most grants are partly used (a USAGE row) and, once expired, either still
     due (remaining > 0, unprocessed) or processed by an earlier run
     (remaining 0, with its EXPIRE row). The balance is the sum of what the
     grants still hold, which is the ledger invariant.

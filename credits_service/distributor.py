@@ -14,13 +14,15 @@ replayed one user at a time, so a bad row costs one user, not the run.
 """
 
 import logging
+import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import DateTime, Text, and_, case, cast, func, literal, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -37,7 +39,9 @@ from .models import (
     User,
     UserCredit,
 )
+from . import scratch
 from .period import Period, utc_naive
+from .scratch import due, entitlement, movement, new_id, verdict
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,6 @@ ledger = CreditTransaction.__table__
 ACTIVE_SUBSCRIPTION = ("active", "trialing")
 LIST_CAP = 20  # cron-job.org reads 64 KB of the answer: every list is capped
 RETRIES = 3  # deadlocks with the host app are retried before a batch is split
-IDS_PER_STATEMENT = 5000  # well under SQLite's and PostgreSQL's bind limits
 
 
 @dataclass
@@ -73,6 +76,18 @@ class Summary:
     @property
     def processed(self):
         return self.users - self.errors
+
+    def merge(self, other):
+        """Add the counts of ``other`` (another worker's share of the run)."""
+        self.users += other.users
+        self.errors += other.errors
+        self.expired_users += other.expired_users
+        self.expired_credits += other.expired_credits
+        self.clamped_users += other.clamped_users
+        self.granted.update(other.granted)
+        self.skipped.update(other.skipped)
+        self.unknown_price_ids |= other.unknown_price_ids
+        self.failed_users += other.failed_users
 
     def as_json(self):
         return {
@@ -152,7 +167,8 @@ class _Job:
 
 
 def distribute(
-    engine, plans, now, *, zone="UTC", dry_run=False, batch_size=1000, run_id=None, progress=None, shard=None
+    engine, plans, now, *, zone="UTC", dry_run=False, batch_size=1000, run_id=None, progress=None, shard=None,
+    workers=1,
 ):
     """Run the job at ``now`` (an aware datetime) and return its ``Summary``.
 
@@ -160,36 +176,74 @@ def distribute(
     summary is exactly what a real run at the same moment would report.
     ``progress``, if given, is called with the number of users each batch
     covered. ``shard`` (a ``shards.Shard``) limits the run to its users.
+    ``workers`` batches run at once, each on its own connection, so that the
+    database can use more than one core; SQLite, which has one writer at a
+    time, always gets one.
     """
     started = time.monotonic()
     job = _Job(plans, now, zone, run_id or str(uuid.uuid4()), dry_run, shard)
+    keyset = _Keyset(batch_size, shard)
+
+    def work():
+        partial = Summary(run_id=job.run_id, period=job.period.label, dry_run=dry_run)
+        try:
+            with engine.connect() as conn:
+                while ids := keyset.next(conn):
+                    _run_batch(conn, job, ids, partial)
+                    if progress:
+                        progress(len(ids))
+        except BaseException:
+            keyset.stop()  # the run has failed: the other workers stop after their batch
+            raise
+        return partial
+
+    if engine.dialect.name == "sqlite":
+        workers = 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"run-{job.run_id[:8]}") as pool:
+        running = [pool.submit(work) for _ in range(workers)]
+        partials = [future.result() for future in running]
     summary = Summary(run_id=job.run_id, period=job.period.label, dry_run=dry_run)
-    after = None
-    while True:
-        with engine.connect() as conn:
-            ids = _next_user_ids(conn, after, batch_size, shard)
-            conn.rollback()
-            if not ids:
-                break
-            _run_batch(conn, job, ids, summary)
-        after = ids[-1]
-        if progress:
-            progress(len(ids))
+    for partial in partials:
+        summary.merge(partial)
     summary.duration_ms = round((time.monotonic() - started) * 1000)
     return summary
 
 
-def _next_user_ids(conn, after, batch_size, shard):
-    query = select(users.c.id).order_by(users.c.id).limit(batch_size)
-    if after is not None:
-        query = query.where(users.c.id > after)
-    if shard is not None:
-        query = query.where(shard.holds(users.c.id))
-    return conn.scalars(query).all()
+class _Keyset:
+    """Hands out the users in ``user.id`` order, a batch at a time, to any worker."""
+
+    def __init__(self, batch_size, shard):
+        self.batch_size = batch_size
+        self.shard = shard
+        self.after = None
+        self.finished = False
+        self.lock = threading.Lock()
+
+    def next(self, conn):
+        with self.lock:
+            if self.finished:
+                return []
+            query = select(users.c.id).order_by(users.c.id).limit(self.batch_size)
+            if self.after is not None:
+                query = query.where(users.c.id > self.after)
+            if self.shard is not None:
+                query = query.where(self.shard.holds(users.c.id))
+            ids = conn.scalars(query).all()
+            conn.rollback()
+            if ids:
+                self.after = ids[-1]
+            else:
+                self.finished = True
+            return ids
+
+    def stop(self):
+        with self.lock:
+            self.finished = True
 
 
 def _run_batch(conn, job, ids, summary):
     """All of ``ids`` in one transaction, or else each user in its own."""
+    scratch.create(conn)
     try:
         _transaction(conn, job, ids[0], ids[-1], summary)
     except _UserFailure:
@@ -258,24 +312,27 @@ def _insert(conn, table):
     return dialect.insert(table)
 
 
-def _chunks(items, size=IDS_PER_STATEMENT):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 class _Batch:
-    """SPEC section 4 for the users whose id lies in ``first``..``last``."""
+    """SPEC section 4 for the users whose id lies in ``first``..``last``.
+
+    Each step is a few set-based statements; the rows in between stay in the
+    connection's scratch tables (see scratch.py), so the work per batch is a
+    fixed number of statements and no per-user data goes through Python.
+    """
 
     def __init__(self, conn, job, first, last):
         self.conn = conn
         self.job = job
         self.first = first
         self.last = last
-        self.expired = {}  # user id -> credits expired
-        self.clamped = []  # users whose balance was smaller than what expired
-        self.decisions = {}  # user id -> Decision, for users not banned
-        self.already_granted = set()  # user ids with this period's grant
-        self.granted = {}  # user id -> (grant type, amount)
+        # What the batch did, added to the summary once it has committed.
+        self.users = 0
+        self.expired_users = 0
+        self.expired_credits = 0
+        self.clamped = []
+        self.skipped = Counter()
+        self.unknown_price_ids = set()
+        self.granted = Counter()
 
     def in_batch(self, column):
         """The users of this batch: an id range, narrowed to the run's shard."""
@@ -284,6 +341,7 @@ class _Batch:
         return and_(column.between(self.first, self.last), self.job.shard.holds(column))
 
     def run(self):
+        scratch.empty(self.conn)
         self.expire()
         self.classify()
         self.grant()
@@ -293,44 +351,60 @@ class _Batch:
     def expire(self):
         """Zero every grant past its expiration date, one EXPIRE row per user.
 
-        The rows are locked first so that a consumer of the host app, which
-        takes from the same grants, waits for us instead of racing us.
+        The due rows are locked as they are copied, so that a consumer of the
+        host app, which takes from the same grants, waits for us instead of
+        racing us; what they held is what expires.
         """
         now = self.job.now
-        due = self.conn.execute(
-            select(ledger.c.id, ledger.c.user_id, ledger.c.remaining_amount)
-            .where(
-                self.in_batch(ledger.c.user_id),
-                ledger.c.remaining_amount > 0,
-                ledger.c.expiration_date_processed_at.is_(None),
-                ledger.c.expiration_date <= now,
-                ledger.c.type.not_in(NOT_GRANTS),
-            )
-            .order_by(ledger.c.id)
-            .with_for_update()
-        ).all()
-        if not due:
-            return
-        for chunk in _chunks([row.id for row in due]):
-            self.conn.execute(
-                update(ledger)
-                .where(ledger.c.id.in_(chunk))
-                .values(remaining_amount=0, expiration_date_processed_at=now, updated_at=now)
-            )
-        expired = defaultdict(int)
-        for row in due:
-            expired[row.user_id] += row.remaining_amount
-        self.expired = dict(expired)
+        is_due = and_(
+            self.in_batch(ledger.c.user_id),
+            ledger.c.remaining_amount > 0,
+            ledger.c.expiration_date_processed_at.is_(None),
+            ledger.c.expiration_date <= now,
+            ledger.c.type.not_in(NOT_GRANTS),
+        )
         self.conn.execute(
-            ledger.insert(),
-            [
-                self.ledger_row(user_id, EXPIRE, -credits, f"Expired credits: {credits}", remaining=None)
-                for user_id, credits in self.expired.items()
-            ],
+            due.insert().from_select(
+                ["id", "user_id", "credits"],
+                select(ledger.c.id, ledger.c.user_id, ledger.c.remaining_amount)
+                .where(is_due)
+                .order_by(ledger.c.id)
+                .with_for_update(),
+            )
+        )
+        # Restating the condition lets the database find the rows by index;
+        # the id list keeps the update to exactly the rows copied and locked.
+        self.conn.execute(
+            update(ledger)
+            .where(is_due, ledger.c.id.in_(select(due.c.id)))
+            .values(remaining_amount=0, expiration_date_processed_at=now, updated_at=now)
+        )
+        per_user = select(due.c.user_id, func.sum(due.c.credits).label("credits")).group_by(due.c.user_id).subquery()
+        self.conn.execute(
+            ledger.insert().from_select(
+                ["id", "user_id", "type", "description", "amount", "created_at", "updated_at", "period_key"],
+                select(
+                    new_id(),
+                    per_user.c.user_id,
+                    literal(EXPIRE),
+                    literal("Expired credits: ") + cast(per_user.c.credits, Text),
+                    -per_user.c.credits,
+                    literal(now, DateTime),
+                    literal(now, DateTime),
+                    literal(0),
+                ),
+            )
         )
 
     # Step 2 -----------------------------------------------------------------
     def classify(self):
+        """Find what decides each examined user's plan, then judge it.
+
+        A user's verdict depends only on two price ids (of a lifetime
+        purchase, of the latest active subscription), and a batch holds few
+        distinct pairs: ``classify`` judges each pair once, in Python, and
+        the verdicts go back to the database to be joined on.
+        """
         now = self.job.now
         lifetime = (
             select(payments.c.price_id)
@@ -361,27 +435,72 @@ class _Batch:
             users.c.banned.is_(False),
             and_(users.c.ban_expires.is_not(None), users.c.ban_expires <= now),
         )
-        rows = self.conn.execute(
-            select(users.c.id, lifetime, subscription).where(self.in_batch(users.c.id), not_banned)
+        self.conn.execute(
+            entitlement.insert().from_select(
+                ["user_id", "lifetime_price", "subscription_price", "grant_id"],
+                select(users.c.id, func.coalesce(lifetime, ""), func.coalesce(subscription, ""), new_id()).where(
+                    self.in_batch(users.c.id), not_banned
+                ),
+            )
         )
-        self.decisions = {
-            user_id: classify(lifetime_price, subscription_price, self.job.plans)
-            for user_id, lifetime_price, subscription_price in rows
+        pairs = self.conn.execute(
+            select(entitlement.c.lifetime_price, entitlement.c.subscription_price, func.count())
+            .group_by(entitlement.c.lifetime_price, entitlement.c.subscription_price)
+        ).all()
+        verdicts = []
+        for lifetime_price, subscription_price, count in pairs:
+            decision = classify(lifetime_price or None, subscription_price or None, self.job.plans)
+            self.users += count
+            if decision.skip:
+                self.skipped[decision.skip] += count
+            if decision.price_id:
+                self.unknown_price_ids.add(decision.price_id)
+            verdicts.append(self.verdict_row(lifetime_price, subscription_price, decision))
+        if verdicts:
+            self.conn.execute(verdict.insert(), verdicts)
+
+    def verdict_row(self, lifetime_price, subscription_price, decision):
+        row = {
+            "lifetime_price": lifetime_price,
+            "subscription_price": subscription_price,
+            "skip": decision.skip,
+            "grant_type": decision.grant_type,
+            "amount": None,
+            "expiration_date": None,
+            "description": None,
         }
+        if decision.grant_type:
+            credits = decision.plan.credits
+            row["amount"] = credits.amount
+            if credits.expire_days:
+                row["expiration_date"] = self.job.now + timedelta(days=credits.expire_days)
+            row["description"] = _description(decision, credits.amount, self.job.period.label)
+        return row
 
     # Step 3 -----------------------------------------------------------------
     def grant(self):
         """At most one grant per (user, type, period), enforced twice.
 
-        Rows already in the ledger are looked up first (including those the
+        Rows already in the ledger are looked for first (including those the
         host app wrote without a period key); the unique period index then
-        turns any grant a concurrent writer got in first into a no-op.
+        turns any grant a concurrent writer got in first into a no-op. Each
+        grant carries the id picked for it in step 2, which is how the batch
+        knows afterwards which of its grants were written.
         """
+        now = self.job.now
         period = self.job.period
-        served = self.conn.execute(
-            select(ledger.c.user_id, ledger.c.type).where(
-                self.in_batch(ledger.c.user_id),
-                ledger.c.type.in_(RECURRING_GRANTS),
+        judged = entitlement.join(
+            verdict,
+            and_(
+                verdict.c.lifetime_price == entitlement.c.lifetime_price,
+                verdict.c.subscription_price == entitlement.c.subscription_price,
+            ),
+        )
+        served = (
+            select(ledger.c.id)
+            .where(
+                ledger.c.user_id == entitlement.c.user_id,
+                ledger.c.type == verdict.c.grant_type,
                 or_(
                     ledger.c.period_key == period.key,
                     and_(
@@ -391,130 +510,123 @@ class _Batch:
                     ),
                 ),
             )
+            .exists()
         )
-        served = {tuple(row) for row in served}
-        wanted = []
-        for user_id, decision in self.decisions.items():
-            if decision.grant_type is None:
-                continue
-            if (user_id, decision.grant_type) in served:
-                self.already_granted.add(user_id)
-                continue
-            amount = decision.plan.credits.amount
-            wanted.append(
-                self.ledger_row(
-                    user_id,
-                    decision.grant_type,
-                    amount,
-                    _description(decision, amount, period.label),
-                    remaining=amount,
-                    expire_days=decision.plan.credits.expire_days,
-                    period_key=period.key,
-                )
+        wanted = (
+            select(
+                entitlement.c.grant_id,
+                entitlement.c.user_id,
+                verdict.c.grant_type,
+                verdict.c.description,
+                verdict.c.amount,
+                verdict.c.amount,
+                verdict.c.expiration_date,
+                literal(now, DateTime),
+                literal(now, DateTime),
+                literal(period.key),
             )
-        if not wanted:
-            return
-        inserted = self.conn.execute(
+            .select_from(judged)
+            .where(verdict.c.grant_type.is_not(None), ~served)
+        )
+        self.conn.execute(
             _insert(self.conn, ledger)
-            .on_conflict_do_nothing(
-                index_elements=["user_id", "type", "period_key"], index_where=PERIOD_INDEX_WHERE
+            .from_select(
+                ["id", "user_id", "type", "description", "amount", "remaining_amount", "expiration_date",
+                 "created_at", "updated_at", "period_key"],
+                wanted,
             )
-            .returning(ledger.c.user_id, ledger.c.type, ledger.c.amount),
-            wanted,
+            .on_conflict_do_nothing(index_elements=["user_id", "type", "period_key"], index_where=PERIOD_INDEX_WHERE)
         )
-        self.granted = {user_id: (kind, amount) for user_id, kind, amount in inserted}
-        lost_race = {row["user_id"] for row in wanted} - set(self.granted)
-        self.already_granted |= lost_race
+        written = entitlement.join(ledger, ledger.c.id == entitlement.c.grant_id)
+        self.granted.update(
+            dict(self.conn.execute(select(ledger.c.type, func.count()).select_from(written).group_by(ledger.c.type)).all())
+        )
+        entitled = self.conn.scalar(
+            select(func.count()).select_from(judged).where(verdict.c.grant_type.is_not(None))
+        )
+        self.skipped["alreadyGranted"] += entitled - sum(self.granted.values())
+
+        expired = select(due.c.user_id, due.c.credits.label("expired"), literal(0).label("granted"))
+        granted = select(entitlement.c.user_id, literal(0), ledger.c.amount).select_from(written)
+        moves = union_all(expired, granted).subquery()
+        self.conn.execute(
+            movement.insert().from_select(
+                ["user_id", "expired", "granted"],
+                select(moves.c.user_id, func.sum(moves.c.expired), func.sum(moves.c.granted)).group_by(
+                    moves.c.user_id
+                ),
+            )
+        )
 
     # Balances ---------------------------------------------------------------
     def move_balances(self):
-        """Apply expiry and grant to each balance in one atomic increment.
+        """Apply expiry and grant to each balance in one atomic update.
 
-        The balances of expiring users are locked and read first, only to
-        clamp at zero (SPEC: never below 0, drift reported); the write itself
-        is ``current_credits + delta``, never a value computed from a read.
+        ``current_credits`` becomes max(current - expired, 0) + granted,
+        computed by the database on the row it holds locked, never from a
+        value read earlier. Balances smaller than what expired (drift written
+        by other software) are reported.
         """
-        held = {}
-        for chunk in _chunks(list(self.expired)):
-            held.update(
-                self.conn.execute(
-                    select(balances.c.user_id, balances.c.current_credits)
-                    .where(balances.c.user_id.in_(chunk))
-                    .with_for_update()
-                ).all()
+        now = self.job.now
+        held = (
+            select(balances.c.user_id, balances.c.current_credits, movement.c.expired)
+            .join(movement, movement.c.user_id == balances.c.user_id)
+            .where(movement.c.expired > 0)
+            .with_for_update(of=balances)
+            .subquery()
+        )
+        short = self.conn.scalars(select(held.c.user_id).where(held.c.current_credits < held.c.expired)).all()
+        has_balance = select(balances.c.id).where(balances.c.user_id == movement.c.user_id).exists()
+        unheld = self.conn.scalars(select(movement.c.user_id).where(movement.c.expired > 0, ~has_balance)).all()
+        self.clamped = [*short, *unheld]
+        for user_id in self.clamped:
+            log.warning(
+                "run %s: user %s held fewer credits than expired; balance set to 0 (ledger drift)",
+                self.job.run_id, user_id,
+                extra={"run_id": self.job.run_id, "user_id": user_id},
             )
-        delta = defaultdict(int)
-        for user_id, credits in self.expired.items():
-            balance = held.get(user_id) or 0
-            if credits > balance:
-                self.clamped.append(user_id)
-                log.warning(
-                    "run %s: user %s had %s credits but %s expired; balance set to 0 (ledger drift)",
-                    self.job.run_id, user_id, balance, credits,
-                    extra={"run_id": self.job.run_id, "user_id": user_id},
+        self.conn.execute(
+            update(balances)
+            .where(balances.c.user_id == movement.c.user_id)
+            .values(
+                current_credits=case(
+                    (balances.c.current_credits > movement.c.expired,
+                     balances.c.current_credits - movement.c.expired),
+                    else_=0,
                 )
-            # The balance after expiry is max(balance - credits, 0); written as a delta.
-            delta[user_id] -= balance - max(balance - credits, 0)
-        for user_id, (_, amount) in self.granted.items():
-            delta[user_id] += amount
-        # A balance that expiry and grant both touched is written even when they
-        # cancel out, so that its updated_at says the run was here.
-        rows = [self.balance_row(user_id, change) for user_id, change in delta.items()]
-        if not rows:
-            return
+                + movement.c.granted,
+                updated_at=now,
+            )
+        )
         upsert = _insert(self.conn, balances)
         self.conn.execute(
-            upsert.on_conflict_do_update(
+            upsert.from_select(
+                ["id", "user_id", "current_credits", "created_at", "updated_at"],
+                select(new_id(), movement.c.user_id, movement.c.granted, literal(now, DateTime),
+                       literal(now, DateTime)).where(~has_balance),
+            ).on_conflict_do_update(
                 index_elements=["user_id"],
                 set_={
                     "current_credits": balances.c.current_credits + upsert.excluded.current_credits,
                     "updated_at": upsert.excluded.updated_at,
                 },
-            ),
-            rows,
+            )
         )
-
-    def ledger_row(self, user_id, kind, amount, description, *, remaining, expire_days=None, period_key=0):
-        now = self.job.now
-        return {
-            "id": str(uuid.uuid4()),
-            "user_id": user_id,
-            "type": kind,
-            "description": description,
-            "amount": amount,
-            "remaining_amount": remaining,
-            "payment_id": None,
-            "expiration_date": now + timedelta(days=expire_days) if expire_days else None,
-            "expiration_date_processed_at": None,
-            "created_at": now,
-            "updated_at": now,
-            "period_key": period_key,
-        }
-
-    def balance_row(self, user_id, change):
-        now = self.job.now
-        return {
-            "id": str(uuid.uuid4()),
-            "user_id": user_id,
-            "current_credits": change,
-            "last_refresh_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+        self.expired_users, self.expired_credits = self.conn.execute(
+            select(
+                func.count(movement.c.user_id).filter(movement.c.expired > 0),
+                func.coalesce(func.sum(movement.c.expired), 0),
+            )
+        ).one()
 
     def add_to(self, summary):
-        summary.users += len(self.decisions)
-        summary.expired_users += len(self.expired)
-        summary.expired_credits += sum(self.expired.values())
+        summary.users += self.users
+        summary.expired_users += self.expired_users
+        summary.expired_credits += self.expired_credits
         summary.clamped_users += len(self.clamped)
-        summary.skipped["alreadyGranted"] += len(self.already_granted)
-        for user_id, decision in self.decisions.items():
-            if decision.skip:
-                summary.skipped[decision.skip] += 1
-            if decision.price_id:
-                summary.unknown_price_ids.add(decision.price_id)
-        for kind, _ in self.granted.values():
-            summary.granted[kind] += 1
+        summary.skipped.update(self.skipped)
+        summary.unknown_price_ids |= self.unknown_price_ids
+        summary.granted.update(self.granted)
 
 
 def _description(decision, amount, period_label):

@@ -30,9 +30,11 @@ def find_drift(conn):
         .outerjoin(remaining, remaining.c.user_id == balances.c.user_id)
         .where(balances.c.current_credits != func.coalesce(remaining.c.total, 0))
     )
-    without_balance = (
-        select(remaining.c.user_id, literal(0), remaining.c.total)
-        .where(remaining.c.total != 0, remaining.c.user_id.not_in(select(balances.c.user_id)))
+    # NOT EXISTS rather than NOT IN: PostgreSQL plans NOT IN over a large
+    # subquery as a rescan per row, which never finishes on a big ledger.
+    has_balance = select(balances.c.id).where(balances.c.user_id == remaining.c.user_id).exists()
+    without_balance = select(remaining.c.user_id, literal(0), remaining.c.total).where(
+        remaining.c.total != 0, ~has_balance
     )
     query = union_all(with_balance, without_balance).order_by("user_id")
     for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):

@@ -116,6 +116,7 @@ def finish_run(started):
                 zone=config["CREDITS_TIMEZONE"],
                 dry_run=started.dry_run,
                 batch_size=config["CREDITS_BATCH_SIZE"],
+                workers=config["CREDITS_WORKERS"],
                 run_id=started.run_id,
                 shard=started.shard,
             )
