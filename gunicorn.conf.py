@@ -7,12 +7,15 @@ here too, so that one file configures both the app and the server).
 import os
 from pathlib import Path
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values
 
-# The app reads .env when a worker imports it; gunicorn reads this file
-# earlier, in the master, so GUNICORN_* set in .env must be loaded here.
-# Variables already set in the environment win, as they do in the app.
-load_dotenv(Path(__file__).with_name(".env"))
+# gunicorn reads this file in the master, before any worker imports the app,
+# so GUNICORN_* set in .env must be picked up here. Only those: the app reads
+# the rest of .env itself, in each worker, and a reload (SIGHUP) then sees
+# changes to it (a new cron password, say). The environment wins over .env.
+for name, value in dotenv_values(Path(__file__).with_name(".env")).items():
+    if name.startswith("GUNICORN_") and value is not None:
+        os.environ.setdefault(name, value)
 
 # Loopback by default: the service is meant to sit behind a reverse proxy
 # that terminates TLS. Set GUNICORN_BIND=0.0.0.0:8000 to listen on every

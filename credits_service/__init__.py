@@ -57,23 +57,27 @@ def register_extensions(app):
 
 
 def _configure_sqlite(engine):
-    """Make every SQLite transaction take the write lock at BEGIN.
+    """Transactions that SQLite runs the way the job needs them.
 
-    pysqlite's default BEGIN (deferred, and only before a write) would let a
-    batch read balances, then find another writer changed them; BEGIN
-    IMMEDIATE serialises writers up front, which is what the job needs.
+    pysqlite's own BEGIN (deferred, and only before a write) would let a
+    batch read balances and then find another writer changed them: a
+    connection opened with ``execution_options(begin_immediate=True)`` (the
+    job's) takes the write lock at BEGIN instead. Other transactions begin
+    deferred, and with the write-ahead log they read while a run writes.
     Each connection also learns the shard hash PostgreSQL computes in SQL.
     """
 
     @event.listens_for(engine, "connect")
-    def no_implicit_begin(dbapi_connection, _):
+    def configure(dbapi_connection, _):
         dbapi_connection.isolation_level = None
         dbapi_connection.execute("PRAGMA busy_timeout = 30000")
+        dbapi_connection.execute("PRAGMA journal_mode = WAL")
         shards.register_sqlite_function(dbapi_connection)
 
     @event.listens_for(engine, "begin")
-    def begin_immediate(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def begin(conn):
+        immediate = conn.get_execution_options().get("begin_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def register_blueprints(app):
@@ -83,7 +87,7 @@ def register_blueprints(app):
     app.register_blueprint(openapi.bp)
     app.register_blueprint(health.bp)
     metrics.init_app(app)
-    guard.init_app(app, distribute_credits.bp)
+    guard.init_app(app, distribute_credits.bp, metrics.bp)
     app.register_blueprint(cli.bp)
 
 

@@ -187,7 +187,9 @@ def distribute(
     def work():
         partial = Summary(run_id=job.run_id, period=job.period.label, dry_run=dry_run)
         try:
-            with engine.connect() as conn:
+            # Each batch reads what it then writes: on SQLite it must hold the
+            # write lock from its first statement (PostgreSQL ignores this).
+            with engine.connect().execution_options(begin_immediate=True) as conn:
                 while ids := keyset.next(conn):
                     _run_batch(conn, job, ids, partial)
                     if progress:

@@ -18,6 +18,7 @@ import time
 from flask import abort, jsonify, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
+from limits import parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 MAX_BODY_BYTES = 1024
@@ -34,8 +35,8 @@ def parse_networks(value):
     return tuple(networks)
 
 
-def init_app(app, blueprint):
-    """Guard every route of ``blueprint``."""
+def init_app(app, blueprint, *limited):
+    """Guard every route of ``blueprint``; limit failed logins there and on ``limited``."""
     hops = app.config["TRUSTED_PROXY_HOPS"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
@@ -58,9 +59,13 @@ def init_app(app, blueprint):
         storage_uri="memory://",
         enabled=app.config["AUTH_FAILURE_LIMIT_ENABLED"],
     )
-    limiter.limit(app.config["AUTH_FAILURE_LIMIT"], deduct_when=lambda response: response.status_code == 401)(
-        blueprint
-    )
+    failures = app.config["AUTH_FAILURE_LIMIT"]
+    try:
+        parse_many(failures)
+    except ValueError:
+        raise ValueError(f"CRON_JOBS_AUTH_FAILURE_LIMIT: {failures!r} is not a limit such as '10 per minute'") from None
+    for guarded in (blueprint, *limited):
+        limiter.limit(failures, deduct_when=lambda response: response.status_code == 401)(guarded)
 
     @app.errorhandler(RateLimitExceeded)
     def too_many_failures(error):

@@ -23,7 +23,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    expected = ScriptDirectory(current_app.extensions["migrate"].directory).get_current_head()
+    migrations = ScriptDirectory(current_app.extensions["migrate"].directory)
     try:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -33,10 +33,23 @@ def readyz():
                 current = None
     except DBAPIError:
         return _unavailable("the database cannot be reached")
-    if current != expected:
-        return _unavailable(f"the schema is at {current or 'nothing'}, this code needs {expected}: "
-                            "run flask db upgrade")
+    if _behind(migrations, current):
+        return _unavailable(f"the schema is at {current or 'nothing'}, this code needs "
+                            f"{migrations.get_current_head()}: run flask db upgrade")
     return jsonify(status="ok", schema=current)
+
+
+def _behind(migrations, current):
+    """True if the schema lacks a migration this code needs.
+
+    A revision this code does not know was written by newer code (a rolling
+    upgrade): additive migrations keep the older code working, so still ready.
+    """
+    if current is None:
+        return True
+    head = migrations.get_current_head()
+    known = {script.revision for script in migrations.walk_revisions()}
+    return current != head and current in known
 
 
 def _unavailable(reason):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .distributor import distribute
@@ -45,9 +45,12 @@ class DatabaseUnavailable(Exception):
 
 
 def _not_started(run_id, error):
-    missing_table = getattr(error.orig, "sqlstate", None) == "42P01" or "no such table" in str(error.orig)
-    if missing_table:
-        reason = "the database has no credits_service schema yet: run flask db upgrade"
+    message = str(error.orig)
+    schema_behind = getattr(error.orig, "sqlstate", None) in ("42P01", "42703") or any(
+        sign in message for sign in ("no such table", "no such column", "has no column named")
+    )
+    if schema_behind:
+        reason = "the database schema is missing or out of date: run flask db upgrade"
     else:
         reason = "the database cannot be reached"
     log.error("run %s not started: %s (%s)", run_id, reason, str(error.orig).strip(), extra={"run_id": run_id})
@@ -97,7 +100,7 @@ def begin_run(trigger, *, now=None, dry_run=False, request_id=None, shard=None):
             raise _not_started(run_id, error) from None
         raise
     context = {"run_id": run_id, "trigger": trigger, "period": period.label, "dry_run": dry_run,
-               "shard": str(shard) if shard else None}
+               "shard": str(shard) if shard else None, "request_id": request_id}
     log.info("run %s started (%s, period %s%s)", run_id, trigger, period.label,
              ", dry run" if dry_run else "", extra=context)
     return _Started(run_id, now, dry_run, shard, held, context)
@@ -205,11 +208,12 @@ def _running(engine):
 
 def _record_start(engine, run_id, trigger, period, now, dry_run, request_id, shard):
     started = utc_naive(datetime.now(UTC))
-    # We hold the lock, so a run of ours still marked as running died with its
-    # process: any run at all for a whole run, the same shard for a shard run.
+    # We hold the lock, so some runs still marked as running died with their
+    # process: any run at all, for a whole run; for a shard run, whole runs
+    # (they exclude shard runs) and earlier runs of the same shard.
     dead = runs.c.status == "running"
     if shard is not None:
-        dead &= runs.c.shard == str(shard)
+        dead &= or_(runs.c.shard.is_(None), runs.c.shard == str(shard))
     with engine.begin() as conn:
         conn.execute(
             update(runs).where(dead).values(

@@ -6,8 +6,12 @@ import logging
 from base64 import b64encode
 from datetime import UTC, datetime
 
+import flask_migrate
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
+
+from credits_service.extensions import db
 
 from credits_service.logs import JsonFormatter, formatter_for
 
@@ -138,3 +142,36 @@ def test_metrics_allow_list_replaces_credentials(make_app):
     client = make_app({"METRICS_ALLOWED_IPS": "127.0.0.0/8"}).test_client()
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.9"}).status_code == 200
     assert client.get("/metrics", headers=AUTH, environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code == 403
+
+
+def test_readyz_follows_the_migration_history(app, client):
+    with app.app_context():
+        engine = db.engine
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE credits_service_alembic_version SET version_num = '0002'"))
+        behind = client.get("/readyz")
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE credits_service_alembic_version SET version_num = 'f00dcafe'"))
+        newer = client.get("/readyz")
+    assert behind.status_code == 503 and "run flask db upgrade" in behind.get_json()["reason"]
+    # A revision this code does not know is newer code's: still ready.
+    assert newer.status_code == 200
+
+
+def test_a_schema_one_migration_behind_is_named(app, client):
+    with app.app_context():
+        flask_migrate.downgrade(revision="0002")
+    response = client.get(URL, headers=AUTH)
+    assert response.status_code == 503
+    assert "out of date: run flask db upgrade" in response.get_json()["message"]
+
+
+def test_metrics_guessing_is_limited_too(make_app):
+    client = make_app({"AUTH_FAILURE_LIMIT_ENABLED": True, "AUTH_FAILURE_LIMIT": "2 per minute"}).test_client()
+    wrong = {"Authorization": "Basic " + b64encode(f"{USERNAME}:guess".encode()).decode()}
+    assert [client.get("/metrics", headers=wrong).status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_a_malformed_failure_limit_stops_start_up(make_app):
+    with pytest.raises(ValueError, match="CRON_JOBS_AUTH_FAILURE_LIMIT"):
+        make_app({"AUTH_FAILURE_LIMIT": "ten a minute"}, migrate=False)
