@@ -6,7 +6,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 from flask import Flask, jsonify
 from sqlalchemy import event
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from . import logs, shards
 from .config import Config
@@ -36,6 +36,9 @@ def create_app(config=None):
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
     zone(app.config["CREDITS_TIMEZONE"])
+    for setting in ("CREDITS_BATCH_SIZE", "CREDITS_WORKERS"):
+        if not isinstance(app.config[setting], int) or app.config[setting] < 1:
+            raise ValueError(f"{setting} must be a whole number of at least 1, got {app.config[setting]!r}")
     app.extensions["credits_plans"] = load_plans(app.config["CREDITS_PLANS_FILE"])
 
     register_extensions(app)
@@ -102,7 +105,7 @@ def register_error_handlers(app):
             response.headers["Allow"] = ", ".join(error.valid_methods or ())
         return response
 
-    @app.errorhandler(Exception)
+    @app.errorhandler(InternalServerError)
     def unexpected_error(error):
-        log.exception("unexpected error")
+        log.error("unexpected error", exc_info=error.original_exception)
         return jsonify(error="internal_error", message="the request failed; see the service log"), 500

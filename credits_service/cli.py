@@ -10,10 +10,13 @@ from datetime import UTC, datetime
 
 import click
 from flask import Blueprint, current_app
+from sqlalchemy.exc import DBAPIError
 
 from . import demo
 from .extensions import db
 from .ledger import find_drift
+from .distributor import count_users
+from .progress import Progress
 from .runs import DatabaseUnavailable, RunFailed, RunInProgress, start_run
 from .shards import Shard
 
@@ -50,7 +53,12 @@ class ShardOption(click.ParamType):
 def distribute_command(now, dry_run, shard):
     """Expire and grant credits, and print the JSON summary."""
     try:
-        summary = start_run("cli", now=now, dry_run=dry_run, shard=shard)
+        total = count_users(db.engine, shard)
+    except DBAPIError:
+        _fail({"error": "database_unavailable", "message": "the database cannot be reached, or has no schema yet"})
+    try:
+        with Progress(total) as progress:
+            summary = start_run("cli", now=now, dry_run=dry_run, shard=shard, progress=progress)
     except RunInProgress as busy:
         _fail({"error": "run_in_progress", "running": busy.running})
     except DatabaseUnavailable as error:

@@ -30,13 +30,21 @@ class Config:
         self.CRON_JOBS_PASSWORD_HASH = env.get("CRON_JOBS_PASSWORD_HASH", "")
         self.CRON_JOBS_PASSWORD_PREVIOUS = env.get("CRON_JOBS_PASSWORD_PREVIOUS", "")
         self.CRON_JOBS_ALLOWED_IPS = env.get("CRON_JOBS_ALLOWED_IPS", "")
-        self.TRUSTED_PROXY_HOPS = int(env.get("TRUSTED_PROXY_HOPS") or 0)
+        self.TRUSTED_PROXY_HOPS = _whole_number(env, "TRUSTED_PROXY_HOPS", 0)
         self.AUTH_FAILURE_LIMIT = env.get("CRON_JOBS_AUTH_FAILURE_LIMIT") or "10 per minute"
         self.AUTH_FAILURE_LIMIT_ENABLED = True
         self.CREDITS_PLANS_FILE = env.get("CREDITS_PLANS_FILE") or str(DEFAULT_PLANS_FILE)
         self.CREDITS_TIMEZONE = env.get("CREDITS_TIMEZONE") or "UTC"
-        self.CREDITS_BATCH_SIZE = int(env.get("CREDITS_BATCH_SIZE") or 5000)
-        self.CREDITS_WORKERS = int(env.get("CREDITS_WORKERS") or 2)
+        self.CREDITS_BATCH_SIZE = _whole_number(env, "CREDITS_BATCH_SIZE", 5000)
+        self.CREDITS_WORKERS = _whole_number(env, "CREDITS_WORKERS", 2)
         self.METRICS_ALLOWED_IPS = env.get("METRICS_ALLOWED_IPS", "")
         self.LOG_FORMAT = env.get("LOG_FORMAT", "")
         self.LOG_LEVEL = env.get("LOG_LEVEL") or "INFO"
+
+
+def _whole_number(env, name, default):
+    value = env.get(name) or str(default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None

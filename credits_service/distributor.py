@@ -3,14 +3,15 @@
 Users are taken in batches, in ``user.id`` order (keyset, so memory stays flat
 however many users there are). Each batch is one transaction that runs the
 three steps of the SPEC for its users with a fixed number of set-based
-statements:
+statements, the rows in between kept in scratch tables (scratch.py):
 
 1. expire the grants whose time has passed,
 2. classify every user who is not banned,
 3. grant this period's credits to those entitled and not yet served,
 
 and finally moves each balance once, atomically. A batch that fails is
-replayed one user at a time, so a bad row costs one user, not the run.
+replayed one user at a time, so a bad row costs one user, not the run. On
+PostgreSQL several batches run at once, each on its own connection.
 """
 
 import logging
@@ -24,7 +25,7 @@ from datetime import timedelta
 
 from sqlalchemy import DateTime, Text, and_, case, cast, func, literal, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InternalError, OperationalError
 
 from .models import (
     EXPIRE,
@@ -87,7 +88,7 @@ class Summary:
         self.granted.update(other.granted)
         self.skipped.update(other.skipped)
         self.unknown_price_ids |= other.unknown_price_ids
-        self.failed_users += other.failed_users
+        self.failed_users = (self.failed_users + other.failed_users)[:LIST_CAP]
 
     def as_json(self):
         return {
@@ -211,6 +212,15 @@ def distribute(
     return summary
 
 
+def count_users(engine, shard=None):
+    """How many users a run goes through (banned ones included)."""
+    query = select(func.count()).select_from(users)
+    if shard is not None:
+        query = query.where(shard.holds(users.c.id))
+    with engine.connect() as conn:
+        return conn.scalar(query)
+
+
 class _Keyset:
     """Hands out the users in ``user.id`` order, a batch at a time, to any worker."""
 
@@ -256,7 +266,8 @@ def _run_batch(conn, job, ids, summary):
                 summary.users += 1
                 summary.errors += 1
                 reason = failure.reason
-                summary.failed_users.append({"userId": user_id, "reason": reason})
+                if len(summary.failed_users) < LIST_CAP:
+                    summary.failed_users.append({"userId": user_id, "reason": reason})
                 log.warning(
                     "run %s: user %s failed: %s", job.run_id, user_id, reason,
                     extra={"run_id": job.run_id, "user_id": user_id, "reason": reason},
@@ -287,15 +298,34 @@ def _transaction(conn, job, first, last, summary):
             batch.add_to(summary)
             return
         except OperationalError as error:
-            if not _is_transient(error) or attempt == RETRIES:
+            if not _is_transient(error):
                 raise
+            if attempt == RETRIES:
+                # Still colliding with the host app: split the batch, so that
+                # at worst the one user it keeps busy is reported.
+                raise _UserFailure(_reason(error)) from error
             log.info("run %s: batch %s..%s retried after %s", job.run_id, first, last, error.orig)
         except DBAPIError as error:
-            if error.connection_invalidated:
+            if not _caused_by_rows(error):
                 raise
             raise _UserFailure(_reason(error)) from error
         except (LookupError, TypeError, ValueError) as error:
             raise _UserFailure(f"bad data: {error!r}") from error
+
+
+def _caused_by_rows(error):
+    """Whether the rows at hand, not the SQL, made a statement fail.
+
+    A constraint, a value out of range, or an exception raised by a trigger
+    of the host app (PL/pgSQL's SQLSTATE class P0) costs the users of the
+    batch; an error in the SQL itself (a missing index, a renamed column)
+    would fail every user alike, so it fails the run instead.
+    """
+    if error.connection_invalidated:
+        return False
+    if isinstance(error, (IntegrityError, DataError, InternalError)):
+        return True
+    return str(getattr(error.orig, "sqlstate", "") or "").startswith("P0")
 
 
 def _is_transient(error):
@@ -332,6 +362,8 @@ class _Batch:
         self.expired_users = 0
         self.expired_credits = 0
         self.clamped = []
+        self.entitled = 0
+        self.moved = 0
         self.skipped = Counter()
         self.unknown_price_ids = set()
         self.granted = Counter()
@@ -365,7 +397,7 @@ class _Batch:
             ledger.c.expiration_date <= now,
             ledger.c.type.not_in(NOT_GRANTS),
         )
-        self.conn.execute(
+        copied = self.conn.execute(
             due.insert().from_select(
                 ["id", "user_id", "credits"],
                 select(ledger.c.id, ledger.c.user_id, ledger.c.remaining_amount)
@@ -374,6 +406,8 @@ class _Batch:
                 .with_for_update(),
             )
         )
+        if not copied.rowcount:
+            return
         # Restating the condition lets the database find the rows by index;
         # the id list keeps the update to exactly the rows copied and locked.
         self.conn.execute(
@@ -440,9 +474,7 @@ class _Batch:
         self.conn.execute(
             entitlement.insert().from_select(
                 ["user_id", "lifetime_price", "subscription_price", "grant_id"],
-                select(users.c.id, func.coalesce(lifetime, ""), func.coalesce(subscription, ""), new_id()).where(
-                    self.in_batch(users.c.id), not_banned
-                ),
+                select(users.c.id, lifetime, subscription, new_id()).where(self.in_batch(users.c.id), not_banned),
             )
         )
         pairs = self.conn.execute(
@@ -451,11 +483,13 @@ class _Batch:
         ).all()
         verdicts = []
         for lifetime_price, subscription_price, count in pairs:
-            decision = classify(lifetime_price or None, subscription_price or None, self.job.plans)
+            decision = classify(lifetime_price, subscription_price, self.job.plans)
             self.users += count
+            if decision.grant_type:
+                self.entitled += count
             if decision.skip:
                 self.skipped[decision.skip] += count
-            if decision.price_id:
+            if decision.price_id is not None:
                 self.unknown_price_ids.add(decision.price_id)
             verdicts.append(self.verdict_row(lifetime_price, subscription_price, decision))
         if verdicts:
@@ -494,8 +528,8 @@ class _Batch:
         judged = entitlement.join(
             verdict,
             and_(
-                verdict.c.lifetime_price == entitlement.c.lifetime_price,
-                verdict.c.subscription_price == entitlement.c.subscription_price,
+                verdict.c.lifetime_price.is_not_distinct_from(entitlement.c.lifetime_price),
+                verdict.c.subscription_price.is_not_distinct_from(entitlement.c.subscription_price),
             ),
         )
         served = (
@@ -530,35 +564,34 @@ class _Batch:
             .select_from(judged)
             .where(verdict.c.grant_type.is_not(None), ~served)
         )
-        self.conn.execute(
-            _insert(self.conn, ledger)
-            .from_select(
-                ["id", "user_id", "type", "description", "amount", "remaining_amount", "expiration_date",
-                 "created_at", "updated_at", "period_key"],
-                wanted,
-            )
-            .on_conflict_do_nothing(index_elements=["user_id", "type", "period_key"], index_where=PERIOD_INDEX_WHERE)
-        )
         written = entitlement.join(ledger, ledger.c.id == entitlement.c.grant_id)
-        self.granted.update(
-            dict(self.conn.execute(select(ledger.c.type, func.count()).select_from(written).group_by(ledger.c.type)).all())
-        )
-        entitled = self.conn.scalar(
-            select(func.count()).select_from(judged).where(verdict.c.grant_type.is_not(None))
-        )
-        self.skipped["alreadyGranted"] += entitled - sum(self.granted.values())
+        if self.entitled:
+            self.conn.execute(
+                _insert(self.conn, ledger)
+                .from_select(
+                    ["id", "user_id", "type", "description", "amount", "remaining_amount", "expiration_date",
+                     "created_at", "updated_at", "period_key"],
+                    wanted,
+                )
+                .on_conflict_do_nothing(
+                    index_elements=["user_id", "type", "period_key"], index_where=PERIOD_INDEX_WHERE
+                )
+            )
+            by_type = select(ledger.c.type, func.count()).select_from(written).group_by(ledger.c.type)
+            self.granted.update(dict(self.conn.execute(by_type).all()))
+        self.skipped["alreadyGranted"] += self.entitled - sum(self.granted.values())
 
         expired = select(due.c.user_id, due.c.credits.label("expired"), literal(0).label("granted"))
         granted = select(entitlement.c.user_id, literal(0), ledger.c.amount).select_from(written)
         moves = union_all(expired, granted).subquery()
-        self.conn.execute(
+        self.moved = self.conn.execute(
             movement.insert().from_select(
                 ["user_id", "expired", "granted"],
                 select(moves.c.user_id, func.sum(moves.c.expired), func.sum(moves.c.granted)).group_by(
                     moves.c.user_id
                 ),
             )
-        )
+        ).rowcount
 
     # Balances ---------------------------------------------------------------
     def move_balances(self):
@@ -569,17 +602,28 @@ class _Batch:
         value read earlier. Balances smaller than what expired (drift written
         by other software) are reported.
         """
+        if not self.moved:
+            return
         now = self.job.now
-        held = (
-            select(balances.c.user_id, balances.c.current_credits, movement.c.expired)
+        expiring = movement.c.expired > 0
+        has_balance = select(balances.c.id).where(balances.c.user_id == movement.c.user_id).exists()
+        unheld = self.conn.scalars(select(movement.c.user_id).where(expiring, ~has_balance)).all()
+        # Lock every balance that loses credits before looking at any, so
+        # that the shortfall seen is the one the update below meets.
+        locked = (
+            select(balances.c.user_id)
             .join(movement, movement.c.user_id == balances.c.user_id)
-            .where(movement.c.expired > 0)
+            .where(expiring)
+            .order_by(balances.c.user_id)
             .with_for_update(of=balances)
             .subquery()
         )
-        short = self.conn.scalars(select(held.c.user_id).where(held.c.current_credits < held.c.expired)).all()
-        has_balance = select(balances.c.id).where(balances.c.user_id == movement.c.user_id).exists()
-        unheld = self.conn.scalars(select(movement.c.user_id).where(movement.c.expired > 0, ~has_balance)).all()
+        self.conn.execute(select(func.count()).select_from(locked))
+        short = self.conn.scalars(
+            select(balances.c.user_id)
+            .join(movement, movement.c.user_id == balances.c.user_id)
+            .where(expiring, balances.c.current_credits < movement.c.expired)
+        ).all()
         self.clamped = [*short, *unheld]
         for user_id in self.clamped:
             log.warning(
@@ -587,6 +631,17 @@ class _Batch:
                 self.job.run_id, user_id,
                 extra={"run_id": self.job.run_id, "user_id": user_id},
             )
+        # Every balance row first exists (waiting for a host app creating one
+        # at this moment), then one update moves them all.
+        self.conn.execute(
+            _insert(self.conn, balances)
+            .from_select(
+                ["id", "user_id", "current_credits", "created_at", "updated_at"],
+                select(new_id(), movement.c.user_id, literal(0), literal(now, DateTime), literal(now, DateTime))
+                .where(~has_balance),
+            )
+            .on_conflict_do_nothing(index_elements=["user_id"])
+        )
         self.conn.execute(
             update(balances)
             .where(balances.c.user_id == movement.c.user_id)
@@ -598,20 +653,6 @@ class _Batch:
                 )
                 + movement.c.granted,
                 updated_at=now,
-            )
-        )
-        upsert = _insert(self.conn, balances)
-        self.conn.execute(
-            upsert.from_select(
-                ["id", "user_id", "current_credits", "created_at", "updated_at"],
-                select(new_id(), movement.c.user_id, movement.c.granted, literal(now, DateTime),
-                       literal(now, DateTime)).where(~has_balance),
-            ).on_conflict_do_update(
-                index_elements=["user_id"],
-                set_={
-                    "current_credits": balances.c.current_credits + upsert.excluded.current_credits,
-                    "updated_at": upsert.excluded.updated_at,
-                },
             )
         )
         self.expired_users, self.expired_credits = self.conn.execute(

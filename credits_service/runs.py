@@ -106,7 +106,7 @@ def begin_run(trigger, *, now=None, dry_run=False, request_id=None, shard=None):
     return _Started(run_id, now, dry_run, shard, held, context)
 
 
-def finish_run(started):
+def finish_run(started, progress=None):
     """Run the job of a begun run, record how it ended, release the lock."""
     engine = db.engine
     config = current_app.config
@@ -122,6 +122,7 @@ def finish_run(started):
                 workers=config["CREDITS_WORKERS"],
                 run_id=started.run_id,
                 shard=started.shard,
+                progress=progress,
             )
         except Exception as error:
             reason = f"{type(error).__name__}: {getattr(error, 'orig', error)}".strip()[:500]
@@ -138,9 +139,10 @@ def finish_run(started):
         return summary
 
 
-def start_run(trigger, *, now=None, dry_run=False, request_id=None, shard=None):
+def start_run(trigger, *, now=None, dry_run=False, request_id=None, shard=None, progress=None):
     """Run the job once under the run lock and record it; return the Summary."""
-    return finish_run(begin_run(trigger, now=now, dry_run=dry_run, request_id=request_id, shard=shard))
+    started = begin_run(trigger, now=now, dry_run=dry_run, request_id=request_id, shard=shard)
+    return finish_run(started, progress)
 
 
 def start_run_in_background(trigger, *, dry_run=False, request_id=None, shard=None):
@@ -160,7 +162,12 @@ def start_run_in_background(trigger, *, dry_run=False, request_id=None, shard=No
             except RunFailed:
                 pass  # logged and recorded by finish_run
 
-    threading.Thread(target=work, name=f"run-{started.run_id}", daemon=True).start()
+    try:
+        threading.Thread(target=work, name=f"run-{started.run_id}", daemon=True).start()
+    except BaseException:
+        _record_end(db.engine, started.run_id, "failed", error="the background run could not start")
+        started.held.close()
+        raise
     return started.run_id
 
 
@@ -201,7 +208,7 @@ def _running(engine):
             row = conn.execute(
                 select(runs).where(runs.c.status == "running").order_by(runs.c.started_at.desc()).limit(1)
             ).mappings().first()
-    except OperationalError:
+    except DBAPIError:
         return None
     return _as_json(row) if row else None
 

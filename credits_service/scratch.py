@@ -41,11 +41,11 @@ entitlement = _scratch(
 )
 
 # classify()'s verdict for each (lifetime price, subscription price) pair the
-# batch holds; "" stands for "none", so that the pair can be joined on.
+# batch holds (either may be null: none), joined on null-safely.
 verdict = _scratch(
     "credits_scratch_verdict",
-    Column("lifetime_price", Text, primary_key=True),
-    Column("subscription_price", Text, primary_key=True),
+    Column("lifetime_price", Text),
+    Column("subscription_price", Text),
     Column("skip", String(20)),
     Column("grant_type", String(30)),
     Column("amount", Integer),

@@ -246,3 +246,16 @@ def test_a_second_run_while_one_holds_the_lock_is_refused(world, runner):
 
     assert distribute(runner).exit_code == 0
     assert world.balance("user-0001") == 50
+
+
+def test_progress_is_logged_when_not_on_a_terminal(caplog):
+    import io
+    import logging
+
+    from credits_service.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="credits_service.progress")
+    with Progress(10, stream=io.StringIO()) as progress:
+        progress(4)
+        progress(6)
+    assert "progress: 10 of 10 users" in caplog.text

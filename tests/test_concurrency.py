@@ -165,6 +165,7 @@ def test_simultaneous_calls_grant_once(pg_url, gunicorn):
         else:
             assert body["errorCount"] == 0
 
+    print(f"\n8 calls to 4 gunicorn workers: statuses {statuses}, grants {granted}, expected {expected}")
     with app.app_context():
         engine = db.engine
         rows = grant_rows_per_user(engine, Period.containing(now).key)
@@ -205,6 +206,8 @@ def test_two_runs_without_the_lock_still_grant_once(pg_url):
 
     assert [summary["errorCount"] for summary in summaries] == [0, 0]
     granted = [sum(summary["granted"].values()) for summary in summaries]
+    print(f"\ntwo unlocked runs: granted {granted}, counted already granted "
+          f"{[summary['skipped']['alreadyGranted'] for summary in summaries]}, expected {expected}")
     assert sum(granted) == expected
     # What one run granted, the other counted as already granted: nothing lost.
     for mine, theirs in (summaries, summaries[::-1]):
@@ -301,6 +304,8 @@ def test_consumer_during_a_run_loses_no_update(pg_url):
 
         calls = sum(c for c, _ in results)
         spent = sum(s for _, s in results)
+        print(f"\nconsumers: {calls} calls spent {spent} credits during a run that expired "
+              f"{summary.expired_credits} credits of {summary.expired_users} users")
         assert calls > 1000, "the consumers barely ran: the test proved nothing"
         with engine.connect() as conn:
             granted = conn.scalar(
@@ -343,6 +348,7 @@ def test_kill_9_mid_run_then_the_next_run_finishes(pg_url):
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     partial = granted_so_far()
+    print(f"\nkill -9 after {partial} of {expected} grants")
     assert 0 < partial < expected, "the kill did not land in the middle of the run"
     assert drift(engine) == []  # every committed batch is whole
 

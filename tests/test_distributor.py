@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from credits_service.distributor import distribute
 from credits_service.plans import load_plans
@@ -712,3 +713,32 @@ def test_a_balance_touched_by_expiry_and_grant_is_stamped_even_if_unchanged(worl
     assert row["current_credits"] == 50
     assert row["updated_at"] == NOW_DB
     assert world.drift() == []
+
+
+def test_an_active_subscription_with_an_empty_price_id_is_unknown_not_free(world):
+    user = world.user()
+    world.subscription(user, "")
+
+    summary = world.run(NOW)
+
+    assert summary.granted["MONTHLY_REFRESH"] == 0
+    assert summary.skipped["unknownPrice"] == 1
+    assert summary.as_json()["unknownPriceIds"] == [""]
+    assert world.balance(user) is None
+
+
+def test_an_error_in_the_sql_itself_fails_the_run_not_every_user(world):
+    for _ in range(4):
+        world.user()
+    with world.engine.begin() as conn:
+        # ON CONFLICT names this index: without it every grant statement fails.
+        conn.exec_driver_sql("DROP INDEX uq_credit_transaction_period")
+
+    with pytest.raises(DBAPIError):
+        world.run(NOW)
+
+
+@pytest.mark.parametrize("setting", ["CREDITS_BATCH_SIZE", "CREDITS_WORKERS"])
+def test_batch_size_and_workers_below_one_stop_start_up(make_app, setting):
+    with pytest.raises(ValueError, match=setting):
+        make_app({setting: 0}, migrate=False)

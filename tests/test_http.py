@@ -564,6 +564,8 @@ def test_failure_while_recording_the_start_releases_the_lock(client, world, monk
         raise RuntimeError("cannot record")
 
     monkeypatch.setattr(credits_service.runs, "_record_start", broken)
+    # As in production: an unexpected error becomes a JSON 500, not a raise.
+    client.application.config["PROPAGATE_EXCEPTIONS"] = False
     response = client.get(URL, headers=AUTH)
     assert_json_error(response, 500)
     monkeypatch.undo()
