@@ -460,13 +460,6 @@ def ledger_outcome(engine, now, zone):
             .bindparams(sa.bindparam("now", type_=sa.DateTime)),
             {"now": now},
         ).one()
-        if conn.dialect.name == "postgresql":
-            # find_drift's NOT IN (SELECT user_id FROM user_credit) is only
-            # hashed when PostgreSQL believes the ids fit in work_mem; past
-            # ~100k balances (or with stale statistics) it falls back to a
-            # rescan per user: minutes at 100k, hours at 1M. Give it room,
-            # until find_drift says NOT EXISTS (docs/performance.md).
-            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
         drift = sum(1 for _ in find_drift(conn))
     return {
         "granted": {kind: granted.get(kind, 0) for kind in RECURRING_GRANTS},
