@@ -75,6 +75,16 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
+def pg_url():
+    """A wiped PostgreSQL database, for the tests that only PostgreSQL can prove."""
+    url = postgres_url()
+    if not url:
+        pytest.skip("TEST_DATABASE_URL is not set")
+    reset_postgres(url)
+    return credits_service.config.database_uri(url)
+
+
+@pytest.fixture
 def make_app(database_url, tmp_path):
     """Build an app on the test database; ``config`` overrides settings."""
     built = []

@@ -11,9 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from credits_service import create_app
-from credits_service.config import database_uri
 
-from .conftest import postgres_url, reset_postgres
+from .conftest import postgres_url
 
 SCHEMA = Path(__file__).with_name("mksaas_schema.sql").read_text()
 NOW = "2026-12-01T00:05:00Z"
@@ -43,17 +42,13 @@ VALUES ('ct-1', 'free-1', 'MONTHLY_REFRESH', 'Free monthly credits', 50, 50,
 
 
 @pytest.fixture
-def mksaas_url():
-    url = postgres_url()
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set")
-    reset_postgres(url)
-    engine = sa.create_engine(database_uri(url))
+def mksaas_url(pg_url):
+    engine = sa.create_engine(pg_url)
     with engine.begin() as conn:
         conn.exec_driver_sql(SCHEMA)
         conn.exec_driver_sql(HOST_ROWS)
     engine.dispose()
-    return database_uri(url)
+    return pg_url
 
 
 @pytest.fixture

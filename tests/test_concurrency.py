@@ -28,25 +28,15 @@ import pytest
 import sqlalchemy as sa
 
 from credits_service import create_app, demo
-from credits_service.config import database_uri
 from credits_service.distributor import distribute
 from credits_service.extensions import db
 from credits_service.ledger import find_drift
 from credits_service.period import Period
 
-from .conftest import PASSWORD, PRICES, USERNAME, postgres_url, reset_postgres
+from .conftest import PASSWORD, PRICES, USERNAME
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def pg_url():
-    url = postgres_url()
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set")
-    reset_postgres(url)
-    return database_uri(url)
 
 
 def service_env(url, **extra):
