@@ -78,3 +78,15 @@ def test_shard_locks_exclude_the_whole_run_but_not_each_other(app):
             with pytest.raises(LockBusy):
                 with run_lock(engine, Shard(2, 2)):
                     pass
+
+
+def test_shards_of_another_count_wait_for_each_other(app):
+    with app.app_context():
+        engine = db.engine
+        with run_lock(engine, Shard(1, 2)):
+            with run_lock(engine, Shard(2, 2)):  # same count: side by side
+                with pytest.raises(LockBusy):
+                    with run_lock(engine, Shard(1, 3)):
+                        pass
+        with run_lock(engine, Shard(1, 3)):  # once the others are done, fine
+            pass
