@@ -122,36 +122,34 @@ class Summary:
 class Decision:
     """Step 2's verdict for one user: a grant, or the reason for none."""
 
-    kind: str  # lifetime / yearly / monthly / unknown / free
     grant_type: str | None = None
     plan: object = None
     skip: str | None = None
-    price_id: str | None = None
+    price_id: str | None = None  # the unknown price id, for the summary
 
 
 def classify(lifetime_price_id, subscription_price_id, plans):
     """The table of SPEC section 4, step 2, for one user."""
-    if lifetime_price_id is not None:
-        plan = plans.lifetime_by_price[lifetime_price_id]
-        return _entitled("lifetime", LIFETIME_MONTHLY, plan)
+    if lifetime_price_id is not None:  # lifetime
+        return _entitled(LIFETIME_MONTHLY, plans.lifetime_by_price[lifetime_price_id])
     if subscription_price_id is not None:
         known = plans.subscription_by_price.get(subscription_price_id)
-        if known is None:
-            return Decision("unknown", skip="unknownPrice", price_id=subscription_price_id)
+        if known is None:  # unknown price
+            return Decision(skip="unknownPrice", price_id=subscription_price_id)
         plan, interval = known
-        if interval == "year":
-            return _entitled("yearly", SUBSCRIPTION_RENEWAL, plan)
-        return Decision("monthly", skip="monthly")
+        if interval == "year":  # yearly
+            return _entitled(SUBSCRIPTION_RENEWAL, plan)
+        return Decision(skip="monthly")  # the payment webhook grants these
     free = plans.free
     if free is None or free.disabled:
-        return Decision("free", skip="noCredits")
-    return _entitled("free", MONTHLY_REFRESH, free)
+        return Decision(skip="noCredits")
+    return _entitled(MONTHLY_REFRESH, free)
 
 
-def _entitled(kind, grant_type, plan):
+def _entitled(grant_type, plan):
     if not plan.grants_credits:
-        return Decision(kind, skip="noCredits", plan=plan)
-    return Decision(kind, grant_type=grant_type, plan=plan)
+        return Decision(skip="noCredits", plan=plan)
+    return Decision(grant_type=grant_type, plan=plan)
 
 
 class _Job:

@@ -63,25 +63,26 @@ def environment(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
+def wiped_postgres_url():
+    """The PostgreSQL test database, wiped; skips the test when there is none."""
+    url = postgres_url()
+    if not url:
+        pytest.skip("TEST_DATABASE_URL is not set")
+    reset_postgres(url)
+    return credits_service.config.database_uri(url)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'credits.sqlite'}"
-    url = postgres_url()
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set")
-    reset_postgres(url)
-    return credits_service.config.database_uri(url)
+    return wiped_postgres_url()
 
 
 @pytest.fixture
 def pg_url():
-    """A wiped PostgreSQL database, for the tests that only PostgreSQL can prove."""
-    url = postgres_url()
-    if not url:
-        pytest.skip("TEST_DATABASE_URL is not set")
-    reset_postgres(url)
-    return credits_service.config.database_uri(url)
+    """For the tests that only PostgreSQL can prove (locks, processes, adoption)."""
+    return wiped_postgres_url()
 
 
 @pytest.fixture
